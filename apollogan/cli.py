@@ -1,0 +1,74 @@
+"""What every command shares: one-line errors, atomic writes, finding MIDI files."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DATA = REPO_ROOT / "data" / "nottingham" / "full"
+
+
+class UserError(Exception):
+    """A problem the user can fix; reported as one line, never a traceback."""
+
+
+def run(main) -> None:
+    """Call ``main()`` and turn user errors and Ctrl-C into one line and an exit code."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def find_midi_files(inputs) -> list[Path]:
+    """Files given directly, plus every MIDI file below each folder, sorted and without repeats."""
+    found: dict[str, Path] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in p.rglob("*"):
+                # not is_file(): a broken link or unreadable entry is kept, to be skipped with its reason
+                if f.suffix.lower() in MIDI_SUFFIXES and not f.is_dir():
+                    found.setdefault(str(f), f)
+        elif p.exists() or p.is_symlink():
+            found.setdefault(str(p), p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    return [found[k] for k in sorted(found)]
+
+
+def bundled_data() -> Path:
+    if not BUNDLED_DATA.is_dir():
+        raise UserError(f"{BUNDLED_DATA}: bundled data not found (install apollogan from a clone with "
+                        "`pip install -e .`, or pass input files)")
+    return BUNDLED_DATA

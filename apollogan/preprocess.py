@@ -1,0 +1,274 @@
+"""MIDI files -> bit-packed [C, 64, 256] windows in shards, with a manifest.
+
+    python -m apollogan.preprocess                       # bundled Nottingham tunes -> chunks/nottingham
+    python -m apollogan.preprocess my_midi/ --out chunks/mine --onset --transpose 2
+
+Windows start on bar lines (the first downbeat at or after every ``hop`` steps), so bar
+metrics line up with the window. Files are split into train/val by name, never by window.
+Bad files are skipped with one line each and counted; the same input and options always
+give byte-identical shards.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .cli import UserError, bundled_data, find_midi_files, run
+from .midi import DEFAULT_MAX_BEATS, MidiError, Song, notes_to_roll, read_song
+from .shards import FORMAT, SPLITS, VERSION, WINDOW_FIELDS, ShardWriter, read_manifest, write_manifest
+from .spec import RollSpec
+
+DEFAULT_OUT = Path("chunks/nottingham")
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    hop: int = 128  # steps between window starts (each start snaps to the next bar line)
+    min_cells: int = 32  # windows with fewer active sustain cells are dropped and counted
+    transpose: int = 0  # random transposed copies per train window (shifts that keep every note inside)
+    transpose_range: int = 6  # largest transposition in semitones
+    time_shifts: tuple = ()  # extra train copies shifted by these many steps (the original "layback")
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_beats: int = DEFAULT_MAX_BEATS
+
+
+@dataclass
+class FileResult:
+    packed: np.ndarray | None = None
+    records: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working folder when below it, so manifests do not depend on the clone's location."""
+    full = os.path.abspath(path)  # not resolve(): a symlink loop must still get a name
+    return os.path.relpath(full) if full.startswith(os.getcwd() + os.sep) else str(path)
+
+
+def split_of(path: Path, val_fraction: float) -> str:
+    """By a hash of the file name: stable when files are added, and never splits one tune."""
+    h = int.from_bytes(hashlib.sha1(path.name.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
+def window_starts(song: Song, total: int, spec: RollSpec, hop: int) -> np.ndarray:
+    last = total - spec.steps
+    grid = np.arange(0, last + 1, hop)
+    bars = song.downbeats[song.downbeats <= last]
+    if len(bars) == 0:
+        return grid
+    i = np.searchsorted(bars, grid)
+    return np.unique(bars[i[i < len(bars)]])
+
+
+def _transpose(win: np.ndarray, rng: np.random.Generator, copies: int, max_shift: int):
+    """Random transpositions that keep every note of each window inside the pitch window."""
+    n, _, p, _ = win.shape
+    active = win.any(axis=(1, 3))  # [N, P]
+    lo = active.argmax(1)
+    hi = p - 1 - active[:, ::-1].argmax(1)
+    a, b = np.maximum(-lo, -max_shift), np.minimum(p - 1 - hi, max_shift)
+    ok = b > a  # at least one non-zero shift is allowed
+    pairs = []
+    for _ in range(copies):
+        v = rng.integers(a, np.maximum(b, a + 1))  # in [a, b-1]; skipping 0 maps it onto [a, b] \ {0}
+        v = v + (v >= 0)
+        pairs.append(np.stack([np.nonzero(ok)[0], v[ok]], 1))
+    pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), int)
+    w, v = pairs[:, 0], pairs[:, 1]
+    src = np.arange(p)[None, :] - v[:, None]  # row r of the copy comes from row r - v
+    out = win[w[:, None], :, np.clip(src, 0, p - 1), :].transpose(0, 2, 1, 3)  # [M, C, P, T]
+    out &= ((src >= 0) & (src < p))[:, None, :, None]
+    return out, w, v
+
+
+def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: WindowOptions) -> FileResult:
+    """One file -> its packed windows and per-window records; errors become a reason string."""
+    try:
+        song = read_song(path, spec, opt.max_beats)
+    except MidiError as e:
+        return FileResult(error=str(e))
+    total = max(song.steps, spec.steps)  # a tune shorter than a window gives one padded window
+    roll = notes_to_roll(song.notes, total, spec)
+    base = window_starts(song, total, spec, opt.hop)
+    shifts = [0] + ([s for s in opt.time_shifts if s] if split == "train" else [])
+    starts = np.concatenate([base + s for s in shifts])
+    shift = np.repeat(shifts, len(base))
+    keep = (starts >= 0) & (starts <= total - spec.steps)
+    starts, shift = starts[keep], shift[keep]
+    win = roll[:, :, starts[:, None] + np.arange(spec.steps)].transpose(2, 0, 1, 3)  # [N, C, P, T]
+    dense = win[:, 0].sum(axis=(1, 2)) >= opt.min_cells
+    win, starts, shift = win[dense], starts[dense], shift[dense]
+    transpose = np.zeros(len(win), np.int64)
+    if split == "train" and opt.transpose > 0 and len(win):
+        rng = np.random.default_rng([opt.seed, index])
+        extra, w, v = _transpose(win, rng, opt.transpose, opt.transpose_range)
+        win = np.concatenate([win, extra])
+        starts, shift = np.concatenate([starts, starts[w]]), np.concatenate([shift, shift[w]])
+        transpose = np.concatenate([transpose, v])
+    ts = song.time_signature_at(starts)
+    records = {"source": np.full(len(win), index), "offset": starts, "transpose": transpose,
+               "shift": shift, "ts_num": ts[:, 0], "ts_den": ts[:, 1]}
+    info = {"tempo": song.tempo, "steps": song.steps, "notes": int(len(song.notes))}
+    stats = dict(song.stats, windows_dropped_sparse=int((~dense).sum()))
+    return FileResult(np.packbits(win.reshape(len(win), int(np.prod(spec.shape))), axis=1), records, info, stats)
+
+
+def _convert_job(args):
+    try:
+        return convert_file(*args)
+    except Exception as e:  # an unforeseen file must not stop the others; it is named and counted
+        return FileResult(error=f"unexpected error: {type(e).__name__}: {e}")
+
+
+def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions, workers: int = 1,
+               shard_windows: int = 8192, progress: bool = True, log=print) -> dict:
+    """Convert ``files`` into a shard set at ``out`` and return its manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # the old set is invalid from here on
+    writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
+    sources, skipped, reasons, totals = [], [], Counter(), Counter()
+    splits = [split_of(f, opt.val_fraction) for f in files]
+    jobs = [(f, i, s, spec, opt) for i, (f, s) in enumerate(zip(files, splits))]
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress, file=sys.stderr)
+    try:
+        batch = 256  # bounded batches keep memory flat however many files there are
+        for lo in range(0, len(jobs), batch):
+            chunk = jobs[lo:lo + batch]
+            results = pool.imap(_convert_job, chunk, chunksize=8) if pool else map(_convert_job, chunk)
+            for (path, _, split, _, _), res in zip(chunk, results):
+                bar.update()
+                if res.error:
+                    skipped.append({"path": _display_path(path), "reason": res.error})
+                    reasons[res.error.split(":")[0]] += 1
+                    bar.write(f"skip {path}: {res.error}", file=sys.stderr)
+                    continue
+                # records["source"] holds the file index; renumber to the index among converted files
+                res.records["source"] = np.full(len(res.packed), len(sources))
+                writers[split].add(res.packed, res.records)
+                sources.append({"path": _display_path(path), "split": split, "windows": int(len(res.packed)), **res.info})
+                totals.update(res.stats)
+            bar.set_postfix(windows=sum(len(w.records["source"]) for w in writers.values()), skipped=len(skipped))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    for w in writers.values():
+        w.close()
+    manifest = {
+        "format": FORMAT, "version": VERSION, "apollogan": __version__,
+        "spec": spec.to_dict(), "packing": "packbits", "options": {**opt.__dict__, "time_shifts": list(opt.time_shifts)},
+        "counts": {"files": len(files), "converted": len(sources), "skipped": dict(sorted(reasons.items())),
+                   "windows": {s: len(writers[s].records["source"]) for s in SPLITS},
+                   "sources_per_split": {s: sum(1 for x in sources if x["split"] == s) for s in SPLITS}},
+        "stats": dict(sorted(totals.items())),
+        "sources": sources, "skipped": skipped,
+        "shards": {s: writers[s].shards for s in SPLITS},
+        "windows": {s: {k: writers[s].records[k] for k in WINDOW_FIELDS} for s in SPLITS},
+    }
+    if sources:
+        write_manifest(out, manifest)
+        keep = {sh["file"] for s in SPLITS for sh in writers[s].shards}
+        for stale in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
+            if stale.name not in keep:
+                stale.unlink()
+    return manifest
+
+
+def summary(m: dict) -> str:
+    c, st = m["counts"], m["stats"]
+    skipped = ", ".join(f"{k}: {v}" for k, v in c["skipped"].items()) or "none"
+    return (f"converted {c['converted']} of {c['files']} files; skipped {c['files'] - c['converted']} ({skipped})\n"
+            f"windows: train {c['windows']['train']}, val {c['windows']['val']} "
+            f"(from {c['sources_per_split']['train']} / {c['sources_per_split']['val']} files); "
+            f"sparse windows dropped: {st.get('windows_dropped_sparse', 0)}\n"
+            f"notes: {st.get('notes', 0)}, outside the pitch window: {st.get('notes_dropped_pitch', 0)} dropped, "
+            f"{st.get('notes_folded', 0)} folded; off the grid: {st.get('onsets_off_grid', 0)} onsets, "
+            f"{st.get('offsets_off_grid', 0)} offsets")
+
+
+def add_spec_args(ap: argparse.ArgumentParser) -> None:
+    d = RollSpec()
+    g = ap.add_argument_group("piano-roll spec")
+    g.add_argument("--low", type=int, default=d.low, help="lowest MIDI pitch (default %(default)s)")
+    g.add_argument("--pitches", type=int, default=d.pitches, help="number of pitch rows (default %(default)s)")
+    g.add_argument("--steps", type=int, default=d.steps, help="time steps per window (default %(default)s)")
+    g.add_argument("--steps-per-beat", type=int, default=d.steps_per_beat, help="grid resolution (default %(default)s)")
+    g.add_argument("--onset", action="store_true", help="add an onset channel: shape [2, P, T]")
+    g.add_argument("--out-of-range", choices=["drop", "fold"], default=d.out_of_range,
+                   help="notes outside the pitch window: drop (counted) or fold by octaves")
+
+
+def spec_from_args(a) -> RollSpec:
+    try:
+        return RollSpec(low=a.low, pitches=a.pitches, steps=a.steps, steps_per_beat=a.steps_per_beat,
+                        onset=a.onset, out_of_range=a.out_of_range)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m apollogan.preprocess", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files or folders (default: bundled Nottingham full/)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    ap.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    add_spec_args(ap)
+    o = WindowOptions()
+    g = ap.add_argument_group("windows and augmentation")
+    g.add_argument("--hop", type=int, default=o.hop, help="steps between window starts, snapped to bar lines (default %(default)s)")
+    g.add_argument("--min-cells", type=int, default=o.min_cells, help="drop windows with fewer active cells (default %(default)s)")
+    g.add_argument("--transpose", type=int, default=o.transpose, help="transposed copies per train window (default %(default)s)")
+    g.add_argument("--transpose-range", type=int, default=o.transpose_range, help="largest shift in semitones (default %(default)s)")
+    g.add_argument("--time-shifts", type=int, nargs="*", default=[], metavar="S", help="extra train copies shifted by S steps")
+    g.add_argument("--val-fraction", type=float, default=o.val_fraction, help="share of files for validation (default %(default)s)")
+    g.add_argument("--seed", type=int, default=o.seed, help="augmentation seed (default %(default)s)")
+    g.add_argument("--max-beats", type=int, default=o.max_beats, help="skip longer files as broken (default %(default)s)")
+    g.add_argument("--shard-windows", type=int, default=8192, help="windows per shard file (default %(default)s)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    spec = spec_from_args(a)
+    if a.hop < 1 or a.workers < 1 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
+        raise UserError("--hop, --workers and --shard-windows must be positive and --val-fraction in [0, 1)")
+    opt = WindowOptions(a.hop, a.min_cells, a.transpose, a.transpose_range, tuple(a.time_shifts),
+                        a.val_fraction, a.seed, a.max_beats)
+    files = find_midi_files(a.inputs or [bundled_data()])
+    if not files:
+        raise UserError(f"no MIDI files (.mid, .midi, .kar) in {', '.join(map(str, a.inputs))}")
+    print(f"{len(files)} files -> {a.out}  spec {spec.describe()}", file=sys.stderr)
+    m = preprocess(files, a.out, spec, opt, workers=a.workers, shard_windows=a.shard_windows, progress=not a.quiet)
+    print(summary(m))
+    if not m["sources"]:
+        raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
+    return 0
+
+
+def ensure_shards(root: Path, spec: RollSpec | None = None, log=print) -> Path:
+    """The bundled data's shards at ``root``, preprocessing them first when missing."""
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        log(f"no shards at {root}: preprocessing the bundled data first")
+        m = preprocess(find_midi_files([bundled_data()]), root, spec or RollSpec(), WindowOptions())
+        log(summary(m))
+    read_manifest(root)
+    return root
+
+
+if __name__ == "__main__":
+    run(main)

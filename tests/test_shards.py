@@ -1,0 +1,154 @@
+"""Shard writing and reading, the manifest, determinism, splits, augmentation and the loader."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from apollogan.cli import UserError, find_midi_files
+from apollogan.data import RollDataset, make_loader
+from apollogan.midi import notes_to_roll, read_song
+from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.shards import ShardSet
+from apollogan.spec import RollSpec
+
+SPEC = RollSpec()
+
+
+def build(midi_dir, out, spec=SPEC, **opt):
+    opt.setdefault("val_fraction", 0.3)
+    return preprocess(find_midi_files([midi_dir]), out, spec, WindowOptions(**opt), progress=False)
+
+
+def test_windows_read_back_equal_the_song_roll(midi_dir, tmp_path):
+    m = build(midi_dir, tmp_path / "c", hop=64)
+    for split in ("train", "val"):
+        s = ShardSet(tmp_path / "c", split)
+        assert len(s) == m["counts"]["windows"][split] > 0
+        x = s.get(np.arange(len(s)))
+        assert x.dtype == np.uint8 and x.shape == (len(s), 1, 64, 256)
+        for i in range(len(s)):
+            src = s.source_of(i)
+            song = read_song(src["path"], SPEC)
+            off = int(s.records["offset"][i])
+            assert np.array_equal(x[i], notes_to_roll(song.notes, 256, SPEC, offset=off))
+
+
+def test_split_is_by_file_and_manifest_records_windows(midi_dir, tmp_path):
+    m = build(midi_dir, tmp_path / "c")
+    by_split = {s: {m["sources"][i]["path"] for i in m["windows"][s]["source"]} for s in ("train", "val")}
+    assert by_split["train"] and by_split["val"] and not by_split["train"] & by_split["val"]
+    assert all(m["sources"][i]["split"] == "train" for i in m["windows"]["train"]["source"])
+    assert m["spec"] == SPEC.to_dict() and m["version"] == 1
+    for s in ("train", "val"):
+        assert sum(sh["windows"] for sh in m["shards"][s]) == len(m["windows"][s]["offset"])
+        assert all(len(sh["sha256"]) == 64 for sh in m["shards"][s])
+
+
+def test_small_shards_span_files_and_gather_across_them(midi_dir, tmp_path):
+    m = build(midi_dir, tmp_path / "a", hop=32)
+    preprocess(find_midi_files([midi_dir]), tmp_path / "b", SPEC, WindowOptions(hop=32, val_fraction=0.3),
+               shard_windows=3, progress=False)
+    a, b = ShardSet(tmp_path / "a"), ShardSet(tmp_path / "b")
+    assert len(b.maps) > 2 and len(a) == len(b)
+    idx = np.array([len(a) - 1, 0, 4, 3, 4])
+    assert np.array_equal(a.get(idx), b.get(idx))
+
+
+def test_preprocessing_is_deterministic_across_runs_and_workers(midi_dir, tmp_path):
+    opts = dict(transpose=2, time_shifts=(-1, 2))
+    build(midi_dir, tmp_path / "a", **opts)
+    preprocess(find_midi_files([midi_dir]), tmp_path / "b", SPEC, WindowOptions(val_fraction=0.3, **opts),
+               workers=2, progress=False)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for n in names:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+
+
+def test_transpositions_stay_inside_and_are_recorded(midi_dir, tmp_path):
+    spec = RollSpec(low=40, pitches=40)  # tight window: few shifts are legal
+    build(midi_dir, tmp_path / "c", spec, transpose=3, transpose_range=12, val_fraction=0.0)
+    s = ShardSet(tmp_path / "c")
+    tr = s.records["transpose"]
+    assert (tr != 0).any() and (tr == 0).any()
+    x = s.get(np.arange(len(s)))
+    for i in np.nonzero(tr)[0][:20]:
+        song = read_song(s.source_of(i)["path"], spec)
+        orig = notes_to_roll(song.notes, 256, spec, offset=int(s.records["offset"][i]))
+        assert orig.sum() == x[i].sum()  # nothing pushed out of the window
+        assert np.array_equal(np.roll(orig, int(tr[i]), axis=1), x[i])
+
+
+def test_time_shifts_only_in_train(midi_dir, tmp_path):
+    build(midi_dir, tmp_path / "c", time_shifts=(-2, 3))
+    assert set(ShardSet(tmp_path / "c", "train").records["shift"].tolist()) == {-2, 0, 3}
+    assert set(ShardSet(tmp_path / "c", "val").records["shift"].tolist()) == {0}
+
+
+def test_sparse_windows_are_dropped_and_counted(tmp_path):
+    from conftest import write_midi
+
+    d = tmp_path / "m"
+    d.mkdir()
+    write_midi(d / "sparse.mid", [(60, 0, 1), (60, 200, 201)])  # two notes in 200 beats
+    write_midi(d / "dense.mid", [(60 + i % 5, i, i + 1) for i in range(200)])
+    m = build(d, tmp_path / "c", min_cells=16, val_fraction=0.0)
+    assert m["stats"]["windows_dropped_sparse"] > 0
+    assert {m["sources"][i]["path"].split("/")[-1] for i in m["windows"]["train"]["source"]} == {"dense.mid"}
+
+
+def test_spec_mismatch_missing_shard_and_checksum_are_refused(midi_dir, tmp_path):
+    root = tmp_path / "c"
+    build(midi_dir, root)
+    with pytest.raises(UserError, match="spec mismatch.*onset=True/False"):
+        ShardSet(root, spec=RollSpec(onset=True))
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    data = bytearray((bad / "train-00000.bin").read_bytes())
+    data[10] ^= 0xFF
+    (bad / "train-00000.bin").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="train-00000.bin: checksum mismatch"):
+        ShardSet(bad)
+    (bad / "train-00000.bin").unlink()
+    with pytest.raises(UserError, match="train-00000.bin: missing shard"):
+        ShardSet(bad)
+    with pytest.raises(UserError, match="no manifest"):
+        ShardSet(tmp_path / "nowhere")
+    m = json.loads((root / "manifest.json").read_text())
+    m["version"] = 99
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="version 99"):
+        ShardSet(bad)
+
+
+def test_rerun_replaces_old_shards(midi_dir, tmp_path):
+    root = tmp_path / "c"
+    build(midi_dir, root, hop=16)
+    n_before = len(ShardSet(root))
+    preprocess(find_midi_files([midi_dir]), root, SPEC, WindowOptions(hop=128, val_fraction=0.3),
+               shard_windows=1000, progress=False)
+    assert len(ShardSet(root)) < n_before
+
+
+def test_loader_yields_float_batches(midi_dir, tmp_path):
+    build(midi_dir, tmp_path / "c", RollSpec(onset=True), hop=32)
+    ds = RollDataset(tmp_path / "c", spec=RollSpec(onset=True))
+    assert ds[0].shape == (2, 64, 256) and ds[0].dtype == torch.float32
+    batches = list(make_loader(ds, batch_size=4, seed=3))
+    assert all(b.shape == (4, 2, 64, 256) and b.dtype == torch.float32 for b in batches)
+    assert set(torch.unique(torch.cat(batches)).tolist()) == {0.0, 1.0}
+    again = list(make_loader(ds, batch_size=4, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    # onsets are a subset of sustain
+    x = torch.cat(batches)
+    assert (x[:, 1] <= x[:, 0]).all() and x[:, 1].sum() < x[:, 0].sum()
+
+
+def test_loader_with_worker_processes(midi_dir, tmp_path):
+    build(midi_dir, tmp_path / "c", hop=32)
+    ds = RollDataset(tmp_path / "c")
+    serial = torch.cat(list(make_loader(ds, 4, shuffle=False)))
+    parallel = torch.cat(list(make_loader(ds, 4, shuffle=False, num_workers=2)))
+    assert torch.equal(serial, parallel)
