@@ -31,7 +31,7 @@ class MidiError(Exception):
 class Song:
     """One MIDI file on the spec's grid."""
 
-    notes: np.ndarray  # [N, 3] int64 (pitch, start, end) in steps, pitches inside the window
+    notes: np.ndarray  # [N, 3] int64 (pitch, start, end) in steps, pitches inside the window, track order
     steps: int  # length of the song in steps
     downbeats: np.ndarray  # bar-line positions in steps
     time_signatures: np.ndarray  # [K, 3] (step, numerator, denominator)
@@ -95,6 +95,11 @@ def read_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
         data = Path(path).read_bytes()
     except OSError as e:
         raise MidiError(f"unreadable: {e.strerror or e}") from None
+    return parse_song(data, spec, max_beats)
+
+
+def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
+    """The bytes of a MIDI file onto the spec's grid; raises MidiError with the reason it can't."""
     check_header(data)
     try:
         score = symusic.Score.from_midi(data)
@@ -119,12 +124,11 @@ def read_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
     start = _ticks_to_steps(on, tpq, spb)
     end = np.maximum(_ticks_to_steps(off, tpq, spb), start + 1)  # a very short note keeps one step
     pitch, keep, dropped, folded = _fit_pitches(pitch, spec)
-    notes = np.stack([pitch, start, end], axis=1)[keep]
-    notes = notes[np.lexsort((notes[:, 2], notes[:, 1], notes[:, 0]))]
+    notes = np.stack([pitch, start, end], axis=1)[keep]  # in track order; the roll needs no sorting
 
     ts = score.time_signatures.numpy()
     ts_arr = np.stack([_ticks_to_steps(ts["time"], tpq, spb), ts["numerator"], ts["denominator"]], 1).astype(np.int64)
-    downbeats = np.unique(_ticks_to_steps(np.asarray(score.get_downbeats()), tpq, spb))
+    downbeats = _ticks_to_steps(np.asarray(score.get_downbeats()), tpq, spb)  # sorted
     tempos = score.tempos.numpy()
     tempo = 60_000_000.0 / float(tempos["mspq"][0]) if len(tempos["mspq"]) else 120.0
     stats = {
@@ -144,15 +148,15 @@ def notes_to_roll(notes: np.ndarray, steps: int, spec: RollSpec, offset: int = 0
     if len(notes) == 0:
         return roll
     row = notes[:, 0] - spec.low
-    s = np.clip(notes[:, 1] - offset, 0, steps)
-    e = np.clip(notes[:, 2] - offset, 0, steps)
+    s = np.minimum(np.maximum(notes[:, 1] - offset, 0), steps)  # np.clip is slow on small arrays
+    e = np.minimum(np.maximum(notes[:, 2] - offset, 0), steps)
     live = e > s
     row, s, e = row[live], s[live], e[live]
-    # Difference array: +1 at each start, -1 at each end, cumulative sum > 0 means sounding.
-    diff = np.zeros((spec.pitches, steps + 1), dtype=np.int32)
-    np.add.at(diff, (row, s), 1)
-    np.add.at(diff, (row, e), -1)
-    roll[0] = np.cumsum(diff[:, :-1], axis=1) > 0
+    # Index every sounding cell directly: O(active cells), not O(pitches x steps).
+    length = e - s
+    first = np.repeat(np.cumsum(length) - length, length)
+    t = np.arange(int(length.sum())) - first + np.repeat(s, length)
+    roll[0, np.repeat(row, length), t] = True
     if spec.onset:
         starts_inside = (notes[live, 1] - offset) >= 0  # a note cut at the left edge has no onset here
         roll[1, row[starts_inside], s[starts_inside]] = True
@@ -237,3 +241,19 @@ def save_midi(mid: mido.MidiFile, path) -> None:
     buf = io.BytesIO()
     mid.save(file=buf)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def match_notes(reference: np.ndarray, candidate: np.ndarray) -> int:
+    """How many notes (pitch, start, end) the two lists share, counted as multisets."""
+    if len(reference) == 0 or len(candidate) == 0:
+        return 0
+    ref, ref_n = np.unique(np.asarray(reference).reshape(-1, 3), axis=0, return_counts=True)
+    can, can_n = np.unique(np.asarray(candidate).reshape(-1, 3), axis=0, return_counts=True)
+    both = np.concatenate([ref, can])
+    _, inv, cnt = np.unique(both, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    r = np.zeros(len(cnt), np.int64)
+    c = np.zeros(len(cnt), np.int64)
+    r[inv[: len(ref)]] = ref_n
+    c[inv[len(ref):]] = can_n
+    return int(np.minimum(r, c).sum())

@@ -66,13 +66,22 @@ def split_of(path: Path, val_fraction: float) -> str:
 
 
 def window_starts(song: Song, total: int, spec: RollSpec, hop: int) -> np.ndarray:
-    last = total - spec.steps
-    grid = np.arange(0, last + 1, hop)
-    bars = song.downbeats[song.downbeats <= last]
+    """Bar-line starts about ``hop`` steps apart, plus one more so the tune's end is covered.
+
+    The last window may run up to a bar past the end (that part is silent).
+    """
+    last = max(total - spec.steps, 0)
+    bars = song.downbeats
     if len(bars) == 0:
-        return grid
+        bars = np.arange(0, total + 1, hop)
+    grid = np.arange(0, last + 1, hop)
     i = np.searchsorted(bars, grid)
-    return np.unique(bars[i[i < len(bars)]])
+    starts = np.unique(bars[i[i < len(bars)]])
+    starts = starts[starts <= last]
+    if len(starts) == 0 or starts[-1] + spec.steps < total:
+        j = np.searchsorted(bars, total - spec.steps)
+        starts = np.append(starts, bars[j] if j < len(bars) else last)
+    return starts
 
 
 def _transpose(win: np.ndarray, rng: np.random.Generator, copies: int, max_shift: int):
@@ -102,16 +111,16 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
         song = read_song(path, spec, opt.max_beats)
     except MidiError as e:
         return FileResult(error=str(e))
-    total = max(song.steps, spec.steps)  # a tune shorter than a window gives one padded window
+    base = window_starts(song, song.steps, spec, opt.hop)
+    total = int(base[-1]) + spec.steps  # past the song's end the roll is silent
     roll = notes_to_roll(song.notes, total, spec)
-    base = window_starts(song, total, spec, opt.hop)
     shifts = [0] + ([s for s in opt.time_shifts if s] if split == "train" else [])
     starts = np.concatenate([base + s for s in shifts])
     shift = np.repeat(shifts, len(base))
     keep = (starts >= 0) & (starts <= total - spec.steps)
     starts, shift = starts[keep], shift[keep]
-    win = roll[:, :, starts[:, None] + np.arange(spec.steps)].transpose(2, 0, 1, 3)  # [N, C, P, T]
-    dense = win[:, 0].sum(axis=(1, 2)) >= opt.min_cells
+    win = np.ascontiguousarray(roll[:, :, starts[:, None] + np.arange(spec.steps)].transpose(2, 0, 1, 3))  # [N, C, P, T]
+    dense = np.count_nonzero(win[:, 0].reshape(len(win), -1), axis=1) >= opt.min_cells
     win, starts, shift = win[dense], starts[dense], shift[dense]
     transpose = np.zeros(len(win), np.int64)
     if split == "train" and opt.transpose > 0 and len(win):
@@ -164,7 +173,8 @@ def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions,
                 writers[split].add(res.packed, res.records)
                 sources.append({"path": _display_path(path), "split": split, "windows": int(len(res.packed)), **res.info})
                 totals.update(res.stats)
-            bar.set_postfix(windows=sum(len(w.records["source"]) for w in writers.values()), skipped=len(skipped))
+            bar.set_postfix(windows=sum(len(w.records["source"]) for w in writers.values()), skipped=len(skipped),
+                            refresh=False)
     finally:
         bar.close()
         if pool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError, atomic_write_bytes, atomic_write_json
+from .cli import UserError, atomic_write_bytes
 from .spec import RollSpec
 
 FORMAT = "apollogan-shards"
@@ -66,7 +66,12 @@ class ShardWriter:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    atomic_write_json(Path(root) / "manifest.json", manifest)
+    """Indented for reading, except the per-window columns, which stay on one line each."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "windows"}, indent=1, sort_keys=True)
+    cols = ",\n  ".join(f'"{s}": ' + json.dumps(manifest["windows"][s], separators=(",", ":"), sort_keys=True)
+                         for s in SPLITS)
+    text = head[:-2] + ',\n "windows": {\n  ' + cols + "\n }\n}\n"
+    atomic_write_bytes(Path(root) / "manifest.json", text.encode())
 
 
 def read_manifest(root) -> dict:
