@@ -1,0 +1,127 @@
+"""The DCGAN of the original ApolloGAN experiments, with every size an argument.
+
+Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid.
+Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
+The number of layers follows from the roll shape and the noise shape (64 x 256 from 2 x 8 is
+five doublings); every derived size is computed, never hard-coded.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .config import ModelConfig
+from .spec import RollSpec
+
+NOISE_HW = (2, 8)
+
+
+def _doublings(spec: RollSpec, noise_hw=NOISE_HW) -> int:
+    fh, fw = spec.pitches / noise_hw[0], spec.steps / noise_hw[1]
+    n = int(round(math.log2(fh))) if fh > 0 else -1
+    if fh != fw or n < 2 or 2**n != fh:
+        raise ValueError(f"roll {spec.pitches}x{spec.steps} must be the noise grid {noise_hw[0]}x{noise_hw[1]} "
+                         f"scaled by one power of two (>= 4) in both axes")
+    return n
+
+
+def _widths(width: int, n: int) -> list[int]:
+    """Hidden widths from the widest to the narrowest: 8d, 4d, 2d, d for five layers."""
+    return [width * 2 ** (n - 2 - i) for i in range(n - 1)]
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
+                 noise_dim: int = 100):
+        super().__init__()
+        n = _doublings(spec)
+        self.noise_shape = (noise_channels, *NOISE_HW)
+        self.out_shape = spec.shape
+        self.noise_dim = noise_dim if noise == "flat" else None
+        # flat noise: a vector mapped linearly onto the [7, 2, 8] grid
+        self.project = nn.Linear(noise_dim, math.prod(self.noise_shape)) if noise == "flat" else None
+        chans = [noise_channels] + _widths(width, n)
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):  # [B, 8d, 4, 16] ... [B, d, 32, 128]
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+        layers += [nn.ConvTranspose2d(chans[-1], spec.channels, 4, 2, 1), nn.Sigmoid()]  # [B, C, 64, 256]
+        self.net = nn.Sequential(*layers)
+
+    def noise(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        shape = (batch, self.noise_dim) if self.project is not None else (batch, *self.noise_shape)
+        return torch.randn(shape, generator=generator, device=device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.project is not None:
+            z = self.project(z).view(-1, *self.noise_shape)
+        elif z.shape[1:] != self.noise_shape:
+            raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """Returns logits [B]; ``features=True`` also returns the flattened last conv features."""
+
+    def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch"):
+        super().__init__()
+        n = _doublings(spec)
+        self.in_shape = spec.shape
+        wrap = spectral_norm if norm == "spectral" else (lambda m: m)
+        chans = [spec.channels] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
+        if head == "none":
+            chans[-1] = 1  # the last conv gives one logit per patch; they are averaged
+        blocks = []
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):  # [B, d, 32, 128] ... [B, d, 2, 8]
+            block = [wrap(nn.Conv2d(cin, cout, 4, 2, 1, bias=norm != "batch" or i == 0))]
+            if norm == "batch" and i > 0:
+                block.append(nn.BatchNorm2d(cout))
+            blocks.append(block + [nn.LeakyReLU(0.2)])
+        if head == "none":
+            self.features = nn.Sequential(*[m for b in blocks[:-1] for m in b])
+            self.head = nn.Sequential(blocks[-1][0], nn.Flatten(), _Mean())
+        else:
+            self.features = nn.Sequential(*[m for b in blocks for m in b])
+            flat = width * (spec.pitches >> n) * (spec.steps >> n)  # d x 2 x 8 = 2048 at the reference size
+            fc = ([wrap(nn.Linear(flat, fc_dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(fc_dim, 1))] if head == "fc2"
+                  else [wrap(nn.Linear(flat, 1))])
+            self.head = nn.Sequential(nn.Flatten(), *fc)
+
+    def forward(self, x: torch.Tensor, features: bool = False):
+        if x.shape[1:] != self.in_shape:
+            raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
+        h = self.features(x)
+        logits = self.head(h).view(-1)
+        return (logits, h.flatten(1)) if features else logits
+
+
+class _Mean(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=1, keepdim=True)
+
+
+def init_weights(m: nn.Module) -> None:
+    """N(0, 0.02) for convolutions and linears, N(1, 0.02) for batch-norm scales (DCGAN)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        w = getattr(m, "parametrizations", None)
+        weight = m.parametrizations.weight.original if w is not None and hasattr(w, "weight") else m.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(spec: RollSpec, cfg: ModelConfig) -> tuple[Generator, Discriminator]:
+    g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim)
+    d = Discriminator(spec, cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d
+
+
+def count_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
