@@ -1,0 +1,98 @@
+"""Network shapes and sizes, losses with known values, and the typed config."""
+import math
+
+import pytest
+import torch
+
+from apollogan.cli import UserError
+from apollogan.config import ModelConfig, load_config
+from apollogan.losses import (d_fake_term, d_real_term, discriminator_loss, feature_matching, generator_loss,
+                              gradient_penalty)
+from apollogan.models import Discriminator, Generator, build_models, count_params
+from apollogan.spec import RollSpec
+
+
+def test_reference_sizes_match_the_original_experiments():
+    g, d = build_models(RollSpec(), ModelConfig())
+    assert 11.0e6 < count_params(g) < 11.3e6 and 14.0e6 < count_params(d) < 14.3e6
+    z = g.noise(2)
+    assert z.shape == (2, 7, 2, 8)
+    x = g(z)
+    assert x.shape == (2, 1, 64, 256) and 0 <= x.min() and x.max() <= 1
+    logits, feats = d(x, features=True)
+    assert logits.shape == (2,) and feats.shape == (2, 128 * 2 * 8)
+
+
+@pytest.mark.parametrize("kw, spec", [
+    (dict(width=8, d_head="fc1"), RollSpec(onset=True)),
+    (dict(width=8, d_head="none", d_norm="spectral"), RollSpec()),
+    (dict(width=8, noise="flat", noise_dim=10), RollSpec(pitches=32, steps=128)),  # four doublings
+    (dict(width=4, noise_channels=3, d_norm="none"), RollSpec()),
+])
+def test_variants_build_with_computed_sizes(kw, spec):
+    g, d = build_models(spec, ModelConfig(**kw))
+    x = g(g.noise(3))
+    assert x.shape == (3, *spec.shape)
+    assert d(x).shape == (3,)
+
+
+def test_wrong_shapes_are_refused():
+    g, d = build_models(RollSpec(), ModelConfig(width=4))
+    with pytest.raises(ValueError, match=r"noise must be \[B, 7, 2, 8\]"):
+        g(torch.zeros(1, 7, 4, 8))
+    with pytest.raises(ValueError, match=r"rolls must be \[B, 1, 64, 256\]"):
+        d(torch.zeros(1, 2, 64, 256))
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(RollSpec(pitches=48), 4)
+
+
+def test_loss_values():
+    zero = torch.zeros(4)
+    assert discriminator_loss("bce", zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert generator_loss("bce", zero).item() == pytest.approx(math.log(2))
+    # one-sided smoothing moves the real target only
+    assert d_real_term("bce", zero, 0.1).item() == pytest.approx(math.log(2))
+    big = torch.full((4,), 20.0)
+    assert d_real_term("bce", big, 0.1).item() == pytest.approx(0.1 * 20, rel=1e-3)
+    assert d_fake_term("bce", -big).item() < 1e-6
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.0])
+    assert discriminator_loss("hinge", real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert discriminator_loss("wgan-gp", real, fake).item() == pytest.approx(-1.5 - 1.25)
+    assert generator_loss("hinge", fake).item() == pytest.approx(1.5)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    w = torch.zeros(1, 1, 2, 2)
+    w[..., 0, 0] = 3.0  # |grad| = 3 everywhere: penalty (3 - 1)^2 = 4
+
+    def critic(x):
+        return (x * w).sum(dim=(1, 2, 3))
+    x = torch.rand(5, 1, 2, 2)
+    assert gradient_penalty(critic, x, torch.rand(5, 1, 2, 2)).item() == pytest.approx(4.0)
+
+
+def test_feature_matching_is_zero_for_equal_means():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert feature_matching(a, a.flip(0)).item() == 0
+    assert feature_matching(a, a + 1).item() == pytest.approx(1.0)
+
+
+def test_config_overrides_types_and_errors(tmp_path):
+    cfg = load_config("configs/quick.yaml", ["train.steps=7", "train.lr_g=1e-3", "run.name=007", "train.compile=true"])
+    assert cfg.train.steps == 7 and cfg.train.lr_g == 1e-3 and cfg.run.name == "007" and cfg.train.compile is True
+    assert cfg.model.width == 32  # from the preset
+    for bad, msg in [("train.stepz=1", "train.stepz: unknown key"), ("nope.x=1", "nope.x: unknown key"),
+                     ("train.steps=1.5", "train.steps: expected int"), ("train.steps=abc", "expected int"),
+                     ("train.amp=fp8", "not one of"), ("train.steps", "KEY=VALUE"),
+                     ("train.steps=0", "must be at least 1")]:
+        with pytest.raises(UserError, match=msg):
+            load_config(None, [bad])
+    with pytest.raises(UserError, match="d_norm=spectral"):
+        load_config(None, ["train.loss=wgan-gp"])
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  batch_sise: 3\n")
+    with pytest.raises(UserError, match="train.batch_sise: unknown key"):
+        load_config(p)
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(p)

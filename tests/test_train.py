@@ -1,0 +1,178 @@
+"""Training: a step changes weights, resume is bit-exact, logs and checkpoints are complete."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mido
+import pytest
+import torch
+
+from apollogan.checkpoint import load_checkpoint, resolve_checkpoint
+from apollogan.cli import UserError, find_midi_files
+from apollogan.config import load_config
+from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.spec import RollSpec
+from apollogan.train import BatchStream, train
+
+from conftest import NOTTINGHAM, REPO
+
+QUIET = dict(log=lambda *a, **k: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chunks")
+    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64), progress=False)
+    return out
+
+
+def tiny(tmp_path, chunks, *extra):
+    return load_config(None, [f"data.root={chunks}", "model.width=4", "model.fc_dim=16", "train.batch_size=4",
+                              "train.steps=6", "run.log_every=2", "run.sample_every=3", "run.checkpoint_every=3",
+                              "run.num_samples=4", "run.audio_samples=1", f"run.runs_dir={tmp_path}/runs",
+                              f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=t", *extra])
+
+
+def test_batch_stream_is_a_function_of_the_batch_number():
+    a, b = BatchStream(50, 8, seed=1), BatchStream(50, 8, seed=1)
+    seq = [a.indices(i).tolist() for i in range(14)]
+    assert [b.indices(i).tolist() for i in (13, 2, 0)] == [seq[13], seq[2], seq[0]]
+    assert sorted(sum(seq[:6], [])) == sorted(set(sum(seq[:6], [])))  # no repeats within an epoch
+    r0, r1 = BatchStream(50, 4, 1, rank=0, world=2), BatchStream(50, 4, 1, rank=1, world=2)
+    assert not set(r0.indices(3)) & set(r1.indices(3))
+
+
+def test_training_changes_weights_and_keeps_losses_finite(tmp_path, chunks):
+    out = train(tiny(tmp_path, chunks, "train.steps=2", "run.log_every=1"), **QUIET)
+    ck = load_checkpoint(out["checkpoint"])
+    assert ck["step"] == 2 and ck["batches"] == 2
+    assert all(torch.isfinite(torch.tensor(out[k])) for k in ("Loss/D", "Loss/G"))
+    from apollogan.models import build_models
+
+    torch.manual_seed(0)
+    g0, d0 = build_models(RollSpec(), load_config(base=ck["config"]).model)
+    assert not torch.equal(g0.state_dict()["net.0.weight"], ck["G"]["net.0.weight"])
+    assert not torch.equal(ck["G"]["net.0.weight"], ck["G_ema"]["net.0.weight"])  # EMA lags the raw weights
+    assert set(ck) >= {"G", "D", "G_ema", "opt_g", "opt_d", "step", "rng", "config", "spec", "apollogan"}
+
+
+@pytest.mark.parametrize("extra", [[], ["train.loss=hinge", "model.d_norm=spectral", "train.feature_matching=0.5"],
+                                   ["train.loss=wgan-gp", "model.d_norm=none", "train.d_steps=2"]])
+def test_resume_is_bit_identical(tmp_path, chunks, extra):
+    straight = train(tiny(tmp_path / "a", chunks, *extra), **QUIET)
+    half = train(tiny(tmp_path / "b", chunks, "train.steps=3", *extra), **QUIET)
+    resumed = train(tiny(tmp_path / "b", chunks, *extra), resume=Path(half["checkpoint"]), **QUIET)
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert b["step"] == 6 and b["run_name"] == half["run_name"]
+    for part in ("G", "D", "G_ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    sa, sb = a["opt_d"]["state"], b["opt_d"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train(tiny(tmp_path, chunks), **QUIET)
+    ev = EventAccumulator(out["run_dir"], size_guidance={"images": 0, "audio": 0, "scalars": 0})
+    ev.Reload()
+    tags = ev.Tags()
+    for s in ("Loss/D", "Loss/G", "D(x)", "D(G(z))", "GradNorm/D", "GradNorm/G", "LR/G", "LR/D",
+              "Speed/samples_per_s", "Stats/note_density/generated", "Stats/note_density/real"):
+        assert s in tags["scalars"], s
+    assert [e.step for e in ev.Scalars("Loss/D")] == [2, 4, 6]
+    assert {"Real", "Samples/ema"} <= set(tags["images"])
+    assert [e.step for e in ev.Images("Samples/ema")] == [3, 6]
+    assert "Audio/sample_0" in tags["audio"] or not list(Path(out["run_dir"], "samples").rglob("*.mid"))
+    assert (Path(out["run_dir"]) / "config.yaml").is_file()
+    assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["last.pt", "step-0000003.pt",
+                                                                                "step-0000006.pt"]
+
+
+def test_keep_prunes_old_checkpoints_and_names_count_up(tmp_path, chunks):
+    a = train(tiny(tmp_path, chunks, "run.checkpoint_every=1", "run.keep=2"), **QUIET)
+    names = sorted(p.name for p in Path(a["checkpoint"]).parent.iterdir())
+    assert names == ["last.pt", "step-0000005.pt", "step-0000006.pt"]
+    b = train(tiny(tmp_path, chunks, "train.steps=1"), **QUIET)
+    assert (a["run_name"], b["run_name"]) == ("t-001", "t-002")
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    real = tr.generator_loss
+    calls = {"n": 0}
+
+    def poisoned(kind, fake):
+        calls["n"] += 1
+        return real(kind, fake) * (float("nan") if calls["n"] == 5 else 1.0)
+    monkeypatch.setattr(tr, "generator_loss", poisoned)
+    with pytest.raises(UserError, match="non-finite loss at step 5"):
+        train(tiny(tmp_path, chunks), **QUIET)
+    ck = load_checkpoint(tmp_path / "ckpt" / "t-001" / "last.pt")
+    assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["G"].values() if v.is_floating_point())
+
+
+def test_torn_checkpoints_fall_back_to_the_last_complete_one(tmp_path, chunks):
+    out = train(tiny(tmp_path, chunks), **QUIET)
+    folder = Path(out["checkpoint"]).parent
+    (folder / ".step-0000009.pt.tmp").write_bytes(b"half a checkpoint")  # killed during a save
+    assert resolve_checkpoint(str(folder)) == folder / "last.pt"
+    (folder / "last.pt").unlink()
+    (folder / "last.pt").write_bytes(b"\x80garbage")  # never made by the writer, but be safe
+    assert resolve_checkpoint("t-001", str(tmp_path / "ckpt")) == folder / "step-0000006.pt"
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(folder / "last.pt")
+
+
+def run_module(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_cpu_smoke_preprocess_train_generate(tmp_path):
+    files = find_midi_files([NOTTINGHAM])[:30]
+    r = run_module("apollogan.preprocess", *files, "--out", tmp_path / "chunks", "--quiet", "--onset")
+    assert r.returncode == 0, r.stderr
+    r = run_module("apollogan.train", "--config", REPO / "configs/quick.yaml", f"data.root={tmp_path}/chunks",
+                   "model.width=4", "train.steps=4", "train.batch_size=4", "run.log_every=2",
+                   "run.sample_every=4", "run.checkpoint_every=4", f"run.runs_dir={tmp_path}/runs",
+                   f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=smoke")
+    assert r.returncode == 0, r.stderr
+    ckpt = tmp_path / "ckpt" / "smoke-001" / "last.pt"
+    assert load_checkpoint(ckpt)["spec"]["onset"] is True
+    # a threshold of 0 turns every cell on: every file must hold notes
+    r = run_module("apollogan.generate", "--checkpoint", ckpt, "--num", "3", "--out", tmp_path / "gen",
+                   "--threshold", "0", "--png")
+    assert r.returncode == 0, r.stderr
+    mids = sorted((tmp_path / "gen").glob("*.mid"))
+    assert len(mids) == 3 and (tmp_path / "gen" / "sample-grid.png").is_file()
+    for m in mids:
+        notes = [x for x in mido.MidiFile(m).tracks[0] if x.type == "note_on" and x.velocity > 0]
+        assert len(notes) >= 64  # every pitch row sounds
+    r = run_module("apollogan.generate", "--checkpoint", ckpt, "--interpolate", "4", "--out", tmp_path / "walk")
+    assert r.returncode == 0 and len(list((tmp_path / "walk").glob("interp-*.mid"))) == 4
+
+
+def test_cli_dry_run_and_bad_key(tmp_path):
+    r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "--dry-run", "train.steps=5")
+    assert r.returncode == 0 and "steps: 5" in r.stdout and "width: 128" in r.stdout
+    r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
+    assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
+        "batch_size, beta1, beta2, channels_last, compile, d_steps, ema_decay, feature_matching, gp_weight, " \
+        "label_smoothing, loss, lr_d, lr_g, seed, steps)"
+
+
+def test_two_process_ddp_on_cpu(tmp_path, chunks):
+    r = run_module("torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "apollogan.train",
+                   f"data.root={chunks}", "model.width=4", "model.fc_dim=16", "train.batch_size=4",
+                   "train.steps=4", "run.log_every=2", "run.sample_every=4", "run.checkpoint_every=4",
+                   f"run.runs_dir={tmp_path}/runs", f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=ddp",
+                   env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ckpt" / "ddp-001" / "last.pt")
+    assert ck["step"] == 4 and ck["world"] == 2 and len(ck["rng"]) == 2
+    assert ck["batches"] == 4  # per rank; each rank read its own slice of every global batch
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp-001"]  # rank 0 alone wrote
