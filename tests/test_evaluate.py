@@ -1,0 +1,116 @@
+"""Comparison with real data, the reference cache, memorisation search and the evaluate CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from apollogan.cli import find_midi_files
+from apollogan.evaluate import (compare, evaluate_rolls, ks_statistic, memorisation, reference_metrics,
+                                wasserstein1, window_bars)
+from apollogan.metrics import METRICS
+from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.shards import ShardSet
+from apollogan.spec import RollSpec
+
+from conftest import NOTTINGHAM, REPO
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chunks")
+    preprocess(find_midi_files([NOTTINGHAM])[:150], out, RollSpec(), WindowOptions(val_fraction=0.3), progress=False)
+    return out
+
+
+def test_distribution_distances():
+    assert wasserstein1(np.array([0.0, 1.0]), np.array([1.0, 2.0])) == pytest.approx(1.0)
+    assert wasserstein1(np.array([0.0, 0.0, 3.0]), np.array([0.0, 0.0, 3.0])) == 0.0
+    assert wasserstein1(np.array([0.0]), np.array([0.0, 4.0])) == pytest.approx(2.0)
+    assert ks_statistic(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert ks_statistic(np.array([0.0, 1.0, 2.0, 3.0]), np.array([2.0, 3.0])) == pytest.approx(0.5)
+    assert np.isnan(wasserstein1(np.array([np.nan]), np.array([1.0])))
+
+
+def test_compare_gap_is_in_real_standard_deviations():
+    real = {"m": np.array([0.0, 2.0, 4.0])}  # mean 2, std sqrt(8/3)
+    gen = {"m": np.array([2.0, 2.0, 2.0]) + np.sqrt(8 / 3)}
+    row = compare(gen, real)["metrics"]["m"]
+    assert row["gap"] == pytest.approx(1.0) and row["generated_std"] == 0.0
+
+
+def test_real_versus_real(chunks):
+    same = compare(reference_metrics(chunks, "val", progress=False), reference_metrics(chunks, "val", progress=False))
+    assert same["overall"] == 0.0 and all(v["gap"] == 0 or np.isnan(v["gap"]) for v in same["metrics"].values())
+    train = ShardSet(chunks, "train")
+    res = evaluate_rolls(train.get(np.arange(len(train))), chunks, window_bars(train), progress=False, memo=False)
+    gaps = {k: v["gap"] for k, v in res["metrics"].items()}
+    # different tunes of one corpus: measured |gap| <= 0.41 and overall 0.27 on this subset
+    assert all(abs(g) < 0.5 for g in gaps.values()), gaps
+    assert res["overall"] < 0.35
+    noise = (np.random.default_rng(0).random((64, 1, 64, 256)) < 0.06)
+    far = evaluate_rolls(noise, chunks, 16, progress=False, memo=False)
+    assert far["overall"] > 5 * res["overall"]
+
+
+def test_reference_is_cached_and_invalidated(chunks, tmp_path):
+    import shutil
+
+    root = tmp_path / "c"
+    shutil.copytree(chunks, root)
+    first = reference_metrics(root, "val", progress=False)
+    cache = root / "reference-val.npz"
+    assert cache.is_file() and set(first) == set(METRICS)
+    mtime = cache.stat().st_mtime_ns
+    reference_metrics(root, "val", progress=False)
+    assert cache.stat().st_mtime_ns == mtime  # reused
+    preprocess(find_midi_files([NOTTINGHAM])[:60], root, RollSpec(), WindowOptions(val_fraction=0.3), progress=False)
+    again = reference_metrics(root, "val", progress=False)
+    assert len(again["polyphony"]) == len(ShardSet(root, "val")) != len(first["polyphony"])
+
+
+def test_memorisation_finds_a_planted_copy(chunks):
+    train = ShardSet(chunks, "train")
+    rng = np.random.default_rng(1)
+    samples = rng.random((40, 64, 256)) < 0.05
+    planted = 17
+    samples[23] = train.get([planted])[0, 0]
+    near = train.get([planted + 1])[0, 0].copy()
+    near[:, :128] = False  # half a window: IoU well below 1
+    samples[5] = near
+    m = memorisation(samples, train, progress=False)
+    top = m["closest"][0]
+    assert top["sample"] == 23 and top["iou"] == 1.0
+    assert np.array_equal(train.get([top["train_window"]])[0, 0], samples[23])
+    assert m["above_0.95"] == pytest.approx(1 / 40)
+    assert m["closest"][1]["sample"] == 5 and 0.2 < m["closest"][1]["iou"] < 0.95
+
+
+def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    for f in find_midi_files([NOTTINGHAM])[200:205]:
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
+                        "--out", str(out)], capture_output=True, text=True, cwd=REPO, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "broken.mid" in r.stderr
+    res = json.loads(out.read_text())
+    assert [s["path"].split("/")[-1] for s in res["skipped"]] == ["broken.mid"]
+    assert res["samples"] > 5 and set(res["metrics"]) == set(METRICS)
+    assert "| pitch_range |" in r.stdout and "memorisation" in r.stdout
+    # held-out real tunes are near the real reference
+    assert res["overall"] < 0.6 and res["memorisation"]["above_0.95"] < 0.5
+
+
+def test_evaluate_errors_are_one_line(tmp_path, chunks):
+    r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(tmp_path), "--data", str(chunks)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "no MIDI files" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--checkpoint", "nope"], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.startswith("error: nope:")
