@@ -38,6 +38,7 @@ from .losses import d_fake_term, d_real_term, feature_matching, generator_loss, 
 from .metrics import TRAINING_STATS
 from .models import build_models, count_params
 from .preprocess import DEFAULT_OUT, ensure_shards
+from .shards import ShardSet
 from .spec import RollSpec
 
 
@@ -92,6 +93,12 @@ class BatchStream:
         return np.sort(self._perm[start:start + self.batch])  # sorted: memmap reads in file order
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """Warm-up: early on the average must forget the random initial weights quickly, or a short
+    run's EMA generator mixes them with the batch-norm statistics of the trained one."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -127,7 +134,17 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
 
 def roll_stats(rolls: np.ndarray) -> dict:
     x = rolls[:, 0].astype(bool)
-    return {k: float(np.nanmean(f(x))) for k, f in TRAINING_STATS.items()}
+    vals = {k: f(x) for k, f in TRAINING_STATS.items()}
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in vals.items()}
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 units (AVX512-BF16 or AMX): there bf16 autocast is faster; elsewhere it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell, stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
@@ -135,7 +152,9 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
         return False
     if cfg.train.amp == "bf16":
         return True
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
 
 
 def train(cfg: Config, resume: Path | None = None, log=print, progress: bool = True) -> dict:
@@ -222,8 +241,11 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
 
             writer.add_image("Real", roll_grid(real_ref[: cfg.run.num_samples]), 0)
         real_stats = roll_stats(real_ref)
+        has_val = len(ShardSet(root, "val", verify=False)) > 0
+        if not has_val:
+            log(f"{root} has no validation windows: the metrics against real data are skipped")
     else:
-        real_stats = {}
+        real_stats, has_val = {}, False
 
     def state() -> dict:
         rngs = [rng_state(gen)]
@@ -293,7 +315,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 acc[4] += _grad_norm(D) ** 2  # last D step's gradients are gone; these are the G pass's
                 acc[5] += _grad_norm(G) ** 2
             opt_g.step()
-            ema_update(ema, G, t.ema_decay)
+            ema_update(ema, G, ema_decay_at(t.ema_decay, step))
             step += 1
             with torch.no_grad():
                 first_bad = torch.where((~torch.isfinite(loss_d + loss_g)) & (first_bad < 0), step, first_bad)
@@ -321,6 +343,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 acc_n, last_log, last_time = 0, step, now
             if writer and (step % cfg.run.sample_every == 0 or step == t.steps):
                 final.update(log_samples(writer, ema, fixed_z, spec, step, run_dir, real_stats, cfg))
+            if writer and has_val and ((cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or step == t.steps):
+                final.update(log_metrics(writer, ema, spec, root, step, cfg, device))
             if step % cfg.run.checkpoint_every == 0 or step == t.steps:
                 check_finite()
                 save()
@@ -372,6 +396,26 @@ def log_samples(writer, ema, fixed_z, spec: RollSpec, step: int, run_dir: Path, 
         writer.add_scalar(f"Stats/{k}/generated", v, step)
         writer.add_scalar(f"Stats/{k}/real", real_stats[k], step)
     return {f"Stats/{k}": v for k, v in stats.items()}
+
+
+@torch.no_grad()
+def log_metrics(writer, ema, spec: RollSpec, root: Path, step: int, cfg: Config, device) -> dict:
+    """The full metric set of EMA samples against the cached real reference, and memorisation."""
+    from .evaluate import evaluate_rolls
+    from .generate import sample_rolls
+    from .metrics import steps_per_bar
+
+    rolls = sample_rolls(ema, cfg.run.metrics_samples, seed=cfg.train.seed + 999, device=device) >= 0.5
+    res = evaluate_rolls(rolls, root, steps_per_bar(4, 4, spec.steps_per_beat), progress=False)
+    for name, row in res["metrics"].items():
+        writer.add_scalar(f"Metrics/{name}/generated", row["generated_mean"], step)
+        writer.add_scalar(f"Metrics/{name}/gap", row["gap"], step)
+    writer.add_scalar("Metrics/overall", res["overall"], step)
+    mem = res["memorisation"]
+    for t in ("0.5", "0.8", "0.95"):
+        writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
+    return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
+            **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}}
 
 
 def main(argv=None) -> int:

@@ -70,6 +70,8 @@ def make_step(g, d, opt_g, opt_d, bf16: bool, device):
 
 
 def measure(preset, batch, steps, warmup, bf16, channels_last, compiled, device):
+    if compiled:
+        torch._dynamo.reset()  # fresh caches: otherwise each new model counts as a recompile of the last
     cfg = load_config(f"configs/{preset}.yaml")
     spec = RollSpec()
     torch.manual_seed(0)

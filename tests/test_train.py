@@ -23,7 +23,8 @@ QUIET = dict(log=lambda *a, **k: None, progress=False)
 @pytest.fixture(scope="module")
 def chunks(tmp_path_factory):
     out = tmp_path_factory.mktemp("chunks")
-    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64), progress=False)
+    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64, val_fraction=0.2),
+               progress=False)
     return out
 
 
@@ -75,16 +76,20 @@ def test_resume_is_bit_identical(tmp_path, chunks, extra):
 def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = train(tiny(tmp_path, chunks), **QUIET)
+    out = train(tiny(tmp_path, chunks, "run.metrics_every=4", "run.metrics_samples=8"), **QUIET)
+    assert "Metrics/overall" in out and "Metrics/memorisation_above_0.8" in out
     ev = EventAccumulator(out["run_dir"], size_guidance={"images": 0, "audio": 0, "scalars": 0})
     ev.Reload()
     tags = ev.Tags()
     for s in ("Loss/D", "Loss/G", "D(x)", "D(G(z))", "GradNorm/D", "GradNorm/G", "LR/G", "LR/D",
-              "Speed/samples_per_s", "Stats/note_density/generated", "Stats/note_density/real"):
+              "Speed/samples_per_s", "Stats/note_density/generated", "Stats/note_density/real",
+              "Metrics/pitch_range/generated", "Metrics/pitch_range/gap", "Metrics/overall",
+              "Metrics/memorisation_above_0.8"):
         assert s in tags["scalars"], s
     assert [e.step for e in ev.Scalars("Loss/D")] == [2, 4, 6]
     assert {"Real", "Samples/ema"} <= set(tags["images"])
     assert [e.step for e in ev.Images("Samples/ema")] == [3, 6]
+    assert [e.step for e in ev.Scalars("Metrics/overall")] == [4, 6]  # run.metrics_every=4, and the end
     assert "Audio/sample_0" in tags["audio"] or not list(Path(out["run_dir"], "samples").rglob("*.mid"))
     assert (Path(out["run_dir"]) / "config.yaml").is_file()
     assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["last.pt", "step-0000003.pt",
@@ -176,3 +181,11 @@ def test_two_process_ddp_on_cpu(tmp_path, chunks):
     assert ck["step"] == 4 and ck["world"] == 2 and len(ck["rng"]) == 2
     assert ck["batches"] == 4  # per rank; each rank read its own slice of every global batch
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp-001"]  # rank 0 alone wrote
+
+
+def test_ema_warm_up_then_the_configured_decay():
+    from apollogan.train import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 100_000) == 0.999
