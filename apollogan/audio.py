@@ -37,7 +37,7 @@ def find_soundfont() -> str | None:
 def synth(notes: np.ndarray, spec: RollSpec, tempo: float = 120.0, sample_rate: int = 16000) -> np.ndarray:
     """Additive synthesis: three harmonics with a plucked envelope per note. float32 mono in [-1, 1]."""
     sec_per_step = 60.0 / tempo / spec.steps_per_beat
-    end = float(notes[:, 2].max()) * sec_per_step + 0.3 if len(notes) else 0.5
+    end = max(float(notes[:, 2].max()) if len(notes) else 0.0, spec.steps) * sec_per_step + 0.3
     out = np.zeros(int(end * sample_rate) + 1, np.float32)
     for pitch, s, e in np.asarray(notes).tolist():
         n = int((e - s) * sec_per_step * sample_rate)
@@ -66,7 +66,7 @@ def fluidsynth(notes, spec: RollSpec, tempo: float, sample_rate: int, soundfont:
 
 def render(notes: np.ndarray, spec: RollSpec, tempo: float = 120.0, sample_rate: int = 16000) -> np.ndarray:
     sf = find_soundfont()
-    if sf and shutil.which("fluidsynth"):
+    if sf and shutil.which("fluidsynth") and len(notes):
         try:
             return fluidsynth(notes, spec, tempo, sample_rate, sf)
         except (subprocess.SubprocessError, OSError, wave.Error):

@@ -388,7 +388,7 @@ def log_samples(writer, ema, fixed_z, spec: RollSpec, step: int, run_dir: Path, 
     for i, roll in enumerate(rolls[: max(cfg.run.audio_samples, 4)]):
         notes = roll_to_notes(roll, spec)
         save_midi(notes_to_midi(notes, spec), out / f"sample-{i:02d}.mid")
-        if i < cfg.run.audio_samples and len(notes):
+        if i < cfg.run.audio_samples:  # an empty roll is logged as silence: that is worth hearing too
             wave = render(notes, spec, sample_rate=16000)
             writer.add_audio(f"Audio/sample_{i}", torch.from_numpy(wave)[None], step, sample_rate=16000)
     stats = roll_stats(rolls)

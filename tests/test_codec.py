@@ -154,3 +154,18 @@ def test_read_song_raises_midierror_on_garbage(tmp_path):
     p.write_bytes(b"hello")
     with pytest.raises(MidiError, match="not a MIDI file"):
         read_song(p, SPEC)
+
+
+def test_synth_renders_notes_and_silence():
+    from apollogan.audio import synth, to_wav_bytes
+
+    wave = synth(np.array([[69, 0, 4]]), SPEC, tempo=120, sample_rate=8000)
+    assert len(wave) == int((256 * 0.125 + 0.3) * 8000) + 1  # at least a window long
+    head = wave[: int(0.5 * 8000)]
+    assert np.abs(head).max() == pytest.approx(0.8, rel=1e-3) and np.abs(wave[-2000:]).max() == 0
+    # A4: the strongest frequency of the first half second is 440 Hz
+    spectrum = np.abs(np.fft.rfft(head))
+    assert abs(np.fft.rfftfreq(len(head), 1 / 8000)[spectrum.argmax()] - 440) < 3
+    silent = synth(np.zeros((0, 3), int), SPEC, sample_rate=8000)
+    assert np.abs(silent).max() == 0
+    assert to_wav_bytes(wave, 8000)[:4] == b"RIFF"
