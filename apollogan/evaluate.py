@@ -211,6 +211,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m apollogan.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,7 +262,7 @@ def main(argv=None) -> int:
     result["skipped"] = skipped
     print(markdown(result))
     if a.out:
-        atomic_write_json(a.out, result)
+        atomic_write_json(a.out, _nan_to_none(result))  # strict JSON: an undefined value is null
         print(f"wrote {a.out}")
     return 0
 

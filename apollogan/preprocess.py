@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import multiprocessing as mp
 import os
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field

@@ -99,7 +99,7 @@ def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tm
                         "--out", str(out)], capture_output=True, text=True, cwd=REPO, env=os.environ)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "broken.mid" in r.stderr
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert [s["path"].split("/")[-1] for s in res["skipped"]] == ["broken.mid"]
     assert res["samples"] > 5 and set(res["metrics"]) == set(METRICS)
     assert "| pitch_range |" in r.stdout and "memorisation" in r.stdout

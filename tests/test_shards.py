@@ -47,7 +47,7 @@ def test_split_is_by_file_and_manifest_records_windows(midi_dir, tmp_path):
 
 
 def test_small_shards_span_files_and_gather_across_them(midi_dir, tmp_path):
-    m = build(midi_dir, tmp_path / "a", hop=32)
+    build(midi_dir, tmp_path / "a", hop=32)
     preprocess(find_midi_files([midi_dir]), tmp_path / "b", SPEC, WindowOptions(hop=32, val_fraction=0.3),
                shard_windows=3, progress=False)
     a, b = ShardSet(tmp_path / "a"), ShardSet(tmp_path / "b")

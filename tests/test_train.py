@@ -190,3 +190,24 @@ def test_ema_warm_up_then_the_configured_decay():
     assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
     assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
     assert ema_decay_at(0.999, 100_000) == 0.999
+
+
+def test_ctrl_c_saves_the_current_step_and_resume_continues(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    real = tr.generator_loss
+    calls = {"n": 0}
+
+    def interrupted(kind, fake):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(kind, fake)
+    monkeypatch.setattr(tr, "generator_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, chunks), **QUIET)
+    last = tmp_path / "ckpt" / "t-001" / "last.pt"
+    assert load_checkpoint(last)["step"] == 4
+    monkeypatch.setattr(tr, "generator_loss", real)
+    out = train(tiny(tmp_path, chunks), resume=last, **QUIET)
+    assert load_checkpoint(out["checkpoint"])["step"] == 6 and out["run_name"] == "t-001"
