@@ -200,11 +200,11 @@ def groove_consistency(x, bar=16, **_):
 
 def tonal_centroid_matrix(radii=(1.0, 1.0, 0.5)) -> np.ndarray:
     """[6, 12] Harte et al. (2006): fifths, minor thirds and major thirds circles."""
-    l = np.arange(12)
+    pc = np.arange(12)
     r1, r2, r3 = radii
-    return np.stack([r1 * np.sin(l * 7 * np.pi / 6), r1 * np.cos(l * 7 * np.pi / 6),
-                     r2 * np.sin(l * 3 * np.pi / 2), r2 * np.cos(l * 3 * np.pi / 2),
-                     r3 * np.sin(l * 2 * np.pi / 3), r3 * np.cos(l * 2 * np.pi / 3)])
+    return np.stack([r1 * np.sin(pc * 7 * np.pi / 6), r1 * np.cos(pc * 7 * np.pi / 6),
+                     r2 * np.sin(pc * 3 * np.pi / 2), r2 * np.cos(pc * 3 * np.pi / 2),
+                     r3 * np.sin(pc * 2 * np.pi / 3), r3 * np.cos(pc * 2 * np.pi / 3)])
 
 
 def tonal_distance_parts(a, b, r=4, low=30, **_):

@@ -56,7 +56,7 @@ class RollSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RollSpec":
+    def from_dict(cls, d: dict) -> RollSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -4,12 +4,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, scale_tune, write_midi
 
 from apollogan.cli import find_midi_files
 from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.spec import RollSpec
-
-from conftest import REPO, scale_tune, write_midi
 
 HEADER = b"MThd\x00\x00\x00\x06"
 

@@ -4,14 +4,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from apollogan.cli import find_midi_files
 from apollogan.midi import read_song
 from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
-
-from conftest import REPO
 
 
 def run(*args):

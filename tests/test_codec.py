@@ -3,13 +3,11 @@ import io
 
 import numpy as np
 import pytest
+from conftest import write_midi
 
-from apollogan.midi import (MidiError, binarize, notes_to_midi, notes_to_roll, read_song, roll_to_notes,
-                            save_midi)
+from apollogan.midi import MidiError, binarize, notes_to_midi, notes_to_roll, read_song, roll_to_notes, save_midi
 from apollogan.preprocess import window_starts
 from apollogan.spec import RollSpec
-
-from conftest import write_midi
 
 SPEC = RollSpec()
 ONSET = RollSpec(onset=True)

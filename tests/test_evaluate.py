@@ -6,16 +6,22 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import NOTTINGHAM, REPO
 
 from apollogan.cli import find_midi_files
-from apollogan.evaluate import (compare, evaluate_rolls, ks_statistic, memorisation, reference_metrics,
-                                wasserstein1, window_bars)
+from apollogan.evaluate import (
+    compare,
+    evaluate_rolls,
+    ks_statistic,
+    memorisation,
+    reference_metrics,
+    wasserstein1,
+    window_bars,
+)
 from apollogan.metrics import METRICS
 from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
-
-from conftest import NOTTINGHAM, REPO
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,14 @@ import torch
 
 from apollogan.cli import UserError
 from apollogan.config import ModelConfig, load_config
-from apollogan.losses import (d_fake_term, d_real_term, discriminator_loss, feature_matching, generator_loss,
-                              gradient_penalty)
+from apollogan.losses import (
+    d_fake_term,
+    d_real_term,
+    discriminator_loss,
+    feature_matching,
+    generator_loss,
+    gradient_penalty,
+)
 from apollogan.models import Generator, build_models, count_params
 from apollogan.spec import RollSpec
 

@@ -2,12 +2,11 @@
 import sys
 
 import pytest
+from conftest import NOTTINGHAM, REPO
 
 from apollogan.cli import find_midi_files
 from apollogan.preprocess import WindowOptions
 from apollogan.spec import RollSpec
-
-from conftest import NOTTINGHAM, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 from codec_report import grid_table, roundtrip_scores  # noqa: E402

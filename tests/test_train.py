@@ -7,6 +7,7 @@ from pathlib import Path
 import mido
 import pytest
 import torch
+from conftest import NOTTINGHAM, REPO
 
 from apollogan.checkpoint import load_checkpoint, resolve_checkpoint
 from apollogan.cli import UserError, find_midi_files
@@ -14,8 +15,6 @@ from apollogan.config import load_config
 from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.spec import RollSpec
 from apollogan.train import BatchStream, train
-
-from conftest import NOTTINGHAM, REPO
 
 QUIET = dict(log=lambda *a, **k: None, progress=False)
 
