@@ -46,11 +46,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints") -> Path:
-    """A file, a run's checkpoint folder, or a run name under ``checkpoints_dir``; newest loadable wins."""
+def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints") -> tuple[Path, dict]:
+    """A file, a run's checkpoint folder, or a run name under ``checkpoints_dir``; newest loadable wins.
+
+    Returns the path and the loaded checkpoint (checking readability means loading it).
+    """
     p = Path(arg)
     if p.is_file():
-        return p
+        return p, load_checkpoint(p)
     folder = p if p.is_dir() else Path(checkpoints_dir) / arg
     if not folder.is_dir():
         raise UserError(f"{arg}: no checkpoint file, checkpoint folder or run named so under {checkpoints_dir}/")
@@ -58,8 +61,7 @@ def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints") -> Path:
     for c in candidates:
         if c.is_file():
             try:
-                load_checkpoint(c)
-                return c
+                return c, load_checkpoint(c)
             except UserError as e:
                 print(f"warning: {e}; trying an older checkpoint")
     raise UserError(f"{folder}: no readable checkpoint")

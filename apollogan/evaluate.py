@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import sys
@@ -69,8 +70,6 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
         part = compute_metrics(shards.get(idx), spec.low, spec.steps_per_beat, bars[idx])
         for k in METRICS:
             out[k][idx] = part[k]
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, _key=np.array(key), **out)
     atomic_write_bytes(cache, buf.getvalue())
@@ -242,11 +241,10 @@ def main(argv=None) -> int:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
     skipped = []
     if a.checkpoint:
-        from .checkpoint import generator_from_checkpoint, load_checkpoint, resolve_checkpoint
+        from .checkpoint import generator_from_checkpoint, resolve_checkpoint
         from .generate import sample_rolls
 
-        path = resolve_checkpoint(a.checkpoint)
-        ckpt = load_checkpoint(path)
+        path, ckpt = resolve_checkpoint(a.checkpoint)
         g, spec, cfg = generator_from_checkpoint(ckpt)
         root = a.data or Path(cfg.data.root)
         ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work

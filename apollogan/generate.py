@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import generator_from_checkpoint, load_checkpoint, resolve_checkpoint
+from .checkpoint import generator_from_checkpoint, resolve_checkpoint
 from .cli import UserError, run
 from .midi import binarize, notes_to_midi, roll_to_notes, save_midi
 
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not 0 <= a.program <= 127 or a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
         raise UserError("--program must be 0..127, --tempo and --num positive, --interpolate at least 2")
-    path = resolve_checkpoint(a.checkpoint)
-    g, spec, _ = generator_from_checkpoint(load_checkpoint(path), ema=not a.raw)
+    path, ckpt = resolve_checkpoint(a.checkpoint)
+    g, spec, _ = generator_from_checkpoint(ckpt, ema=not a.raw)
     probs = interpolate_rolls(g, a.interpolate, a.seed) if a.interpolate else sample_rolls(g, a.num, a.seed)
     rng = np.random.default_rng(a.seed)
     rolls = binarize(probs, a.threshold, rng if a.bernoulli else None)

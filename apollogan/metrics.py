@@ -14,6 +14,8 @@ from functools import partial
 
 import numpy as np
 
+from .midi import note_bounds
+
 MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
 MINOR = np.array([0, 2, 3, 5, 7, 8, 10])  # natural minor
 KEY_NAMES = [f"{n} major" for n in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")] + \
@@ -41,17 +43,12 @@ def _pc_matrix(pitches: int, low: int) -> np.ndarray:
 
 def onsets(x: np.ndarray) -> np.ndarray:
     """[N, P, T] bool: the first step of every note."""
-    prev = np.zeros_like(x)
-    prev[..., 1:] = x[..., :-1]
-    return x & ~prev
+    return note_bounds(x)[0]
 
 
 def note_lengths(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(roll index, length in steps) of every note in the batch."""
-    start = onsets(x)
-    nxt = np.zeros_like(x)
-    nxt[..., :-1] = x[..., 1:]
-    end = x & ~nxt
+    start, end = note_bounds(x)
     n, _, s = np.nonzero(start)
     _, _, e = np.nonzero(end)  # row-major order pairs each start with its own end
     return n, e - s + 1

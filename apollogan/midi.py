@@ -183,21 +183,27 @@ def roll_to_notes(roll: np.ndarray, spec: RollSpec) -> np.ndarray:
     roll = np.asarray(roll, dtype=bool)
     if roll.ndim == 2:
         roll = roll[None]
-    sus = roll[0].copy()
-    onset = roll[1] if spec.onset and roll.shape[0] > 1 else np.zeros_like(sus)
-    sus |= onset
-    prev = np.zeros_like(sus)
-    prev[:, 1:] = sus[:, :-1]
-    start = sus & (~prev | onset)
-    nxt_start = np.zeros_like(sus)
-    nxt_start[:, :-1] = start[:, 1:]
-    nxt = np.zeros_like(sus)
-    nxt[:, :-1] = sus[:, 1:]
-    last = sus & (~nxt | nxt_start)
+    start, last = note_bounds(roll[0], roll[1] if spec.onset and roll.shape[0] > 1 else None)
     # Row-major order pairs each start with the end of the same note.
     sp, st = np.nonzero(start)
     _, en = np.nonzero(last)
     return np.stack([sp + spec.low, st, en + 1], axis=1).astype(np.int64)
+
+
+def note_bounds(sustain: np.ndarray, onset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(first step, last step) masks of every note in bool rolls [..., P, T].
+
+    A note is a run of sustained steps; an onset inside a run starts a new note.
+    """
+    sus = sustain | onset if onset is not None else sustain
+    prev = np.zeros_like(sus)
+    prev[..., 1:] = sus[..., :-1]
+    start = sus & ~prev if onset is None else sus & (~prev | onset)
+    nxt = np.zeros_like(sus)
+    nxt[..., :-1] = sus[..., 1:]
+    nxt_start = np.zeros_like(sus)
+    nxt_start[..., :-1] = start[..., 1:]
+    return start, sus & (~nxt | nxt_start)
 
 
 def notes_to_midi(notes: np.ndarray, spec: RollSpec, *, tempo: float = 120.0, program: int = 0,
@@ -245,15 +251,11 @@ def save_midi(mid: mido.MidiFile, path) -> None:
 
 def match_notes(reference: np.ndarray, candidate: np.ndarray) -> int:
     """How many notes (pitch, start, end) the two lists share, counted as multisets."""
-    if len(reference) == 0 or len(candidate) == 0:
+    ref, can = np.asarray(reference).reshape(-1, 3), np.asarray(candidate).reshape(-1, 3)
+    if len(ref) == 0 or len(can) == 0:
         return 0
-    ref, ref_n = np.unique(np.asarray(reference).reshape(-1, 3), axis=0, return_counts=True)
-    can, can_n = np.unique(np.asarray(candidate).reshape(-1, 3), axis=0, return_counts=True)
-    both = np.concatenate([ref, can])
-    _, inv, cnt = np.unique(both, axis=0, return_inverse=True, return_counts=True)
+    uniq, inv = np.unique(np.concatenate([ref, can]), axis=0, return_inverse=True)
     inv = inv.reshape(-1)
-    r = np.zeros(len(cnt), np.int64)
-    c = np.zeros(len(cnt), np.int64)
-    r[inv[: len(ref)]] = ref_n
-    c[inv[len(ref):]] = can_n
-    return int(np.minimum(r, c).sum())
+    in_ref = np.bincount(inv[: len(ref)], minlength=len(uniq))
+    in_can = np.bincount(inv[len(ref):], minlength=len(uniq))
+    return int(np.minimum(in_ref, in_can).sum())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import os
 import random
 import sys
@@ -157,8 +156,11 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
-def train(cfg: Config, resume: Path | None = None, log=print, progress: bool = True) -> dict:
-    """Run (or continue) training; returns the final figures. Rank 0 alone logs and saves."""
+def train(cfg: Config, resume: Path | dict | None = None, log=print, progress: bool = True) -> dict:
+    """Run (or continue, from a checkpoint path or a loaded one) training; returns the final figures.
+
+    Rank 0 alone logs and saves.
+    """
     env = setup_distributed()
     try:
         return _train(cfg, resume, env, log if env.main else (lambda *a, **k: None), progress and env.main)
@@ -169,7 +171,7 @@ def train(cfg: Config, resume: Path | None = None, log=print, progress: bool = T
 
 def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     t, device = cfg.train, env.device
-    ckpt = load_checkpoint(resume) if resume else None
+    ckpt = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
     root = Path(cfg.data.root)
     if env.main and root == DEFAULT_OUT and not (root / "manifest.json").exists():
         ensure_shards(root, RollSpec(onset=cfg.data.onset), log=log)
@@ -235,7 +237,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 f"{len(data)} train windows of {list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, "
                 f"{env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
-        real_ref = data.shards.get(np.arange(min(len(data), 512)))
+        pick = np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False)
+        real_ref = data.shards.get(np.sort(pick))  # a sample of the corpus, not its first tunes
         if not ckpt:
             from .images import roll_grid
 
@@ -262,7 +265,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
 
     first_bad = torch.tensor(-1, device=device)
-    acc = torch.zeros(6, device=device)  # Loss/D, Loss/G, D(x), D(G(z)), |grad D|, |grad G| summed
+    acc = torch.zeros(4, device=device)  # Loss/D, Loss/G, D(x), D(G(z)) summed over the log interval
     acc_n, last_log, last_time = 0, step, time.perf_counter()
     final = {}
     bar = tqdm(total=t.steps, initial=step, desc=run_name, unit="step", disable=not progress, file=sys.stderr,
@@ -276,6 +279,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     try:
         while step < t.steps:
             G.train(), D.train()
+            logging_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == t.steps
             for _ in range(t.d_steps):
                 real = real_batch()
                 with torch.no_grad(), autocast():
@@ -296,6 +300,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                     gp = t.gp_weight * gradient_penalty(D, real, fake, gen)
                     gp.backward()
                     loss_d = loss_d + gp.detach()
+                if logging_now:
+                    grad_d = _grad_norm(D)  # of the last D step of the interval
                 opt_d.step()
             opt_g.zero_grad(set_to_none=True)
             with autocast():
@@ -310,10 +316,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 if t.feature_matching > 0:
                     loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
             loss_g.backward()
-            logging_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == t.steps
             if logging_now:
-                acc[4] += _grad_norm(D) ** 2  # last D step's gradients are gone; these are the G pass's
-                acc[5] += _grad_norm(G) ** 2
+                grad_g = _grad_norm(G)
             opt_g.step()
             ema_update(ema, G, ema_decay_at(t.ema_decay, step))
             step += 1
@@ -333,8 +337,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 if writer:
                     for k, v in final.items():
                         writer.add_scalar(k, v, step)
-                    writer.add_scalar("GradNorm/D", math.sqrt(vals[4]), step)
-                    writer.add_scalar("GradNorm/G", math.sqrt(vals[5]), step)
+                    writer.add_scalar("GradNorm/D", float(grad_d), step)
+                    writer.add_scalar("GradNorm/G", float(grad_g), step)
                     writer.add_scalar("LR/G", opt_g.param_groups[0]["lr"], step)
                     writer.add_scalar("LR/D", opt_d.param_groups[0]["lr"], step)
                     writer.add_scalar("Speed/samples_per_s", speed, step)
@@ -426,11 +430,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for example train.steps=100 run.name=try")
     a = ap.parse_args(argv)
-    resume, base = None, None
-    if a.resume:
-        resume = resolve_checkpoint(a.resume)
-        base = load_checkpoint(resume)["config"]
-    cfg = load_config(a.config, a.overrides, base=base)
+    resume = resolve_checkpoint(a.resume)[1] if a.resume else None
+    cfg = load_config(a.config, a.overrides, base=resume["config"] if resume else None)
     if a.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0

@@ -86,6 +86,7 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
               "Metrics/memorisation_above_0.8"):
         assert s in tags["scalars"], s
     assert [e.step for e in ev.Scalars("Loss/D")] == [2, 4, 6]
+    assert all(0 < e.value < 1e3 for tag in ("GradNorm/D", "GradNorm/G") for e in ev.Scalars(tag))
     assert {"Real", "Samples/ema"} <= set(tags["images"])
     assert [e.step for e in ev.Images("Samples/ema")] == [3, 6]
     assert [e.step for e in ev.Scalars("Metrics/overall")] == [4, 6]  # run.metrics_every=4, and the end
@@ -124,10 +125,11 @@ def test_torn_checkpoints_fall_back_to_the_last_complete_one(tmp_path, chunks):
     out = train(tiny(tmp_path, chunks), **QUIET)
     folder = Path(out["checkpoint"]).parent
     (folder / ".step-0000009.pt.tmp").write_bytes(b"half a checkpoint")  # killed during a save
-    assert resolve_checkpoint(str(folder)) == folder / "last.pt"
+    assert resolve_checkpoint(str(folder))[0] == folder / "last.pt"
     (folder / "last.pt").unlink()
     (folder / "last.pt").write_bytes(b"\x80garbage")  # never made by the writer, but be safe
-    assert resolve_checkpoint("t-001", str(tmp_path / "ckpt")) == folder / "step-0000006.pt"
+    path, ck = resolve_checkpoint("t-001", str(tmp_path / "ckpt"))
+    assert path == folder / "step-0000006.pt" and ck["step"] == 6
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(folder / "last.pt")
 
