@@ -26,6 +26,10 @@ def run(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # an output path that cannot be written: not a directory, no permission, disk full
+        where = e.filename if e.filename is not None else "I/O"
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)
 
 

@@ -182,7 +182,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     data = RollDataset(root, "train", spec=RollSpec.from_dict(ckpt["spec"]) if ckpt else None, verify=env.main)
     spec = data.spec
     torch.manual_seed(t.seed)
-    G, D = build_models(spec, cfg.model)
+    try:
+        G, D = build_models(spec, cfg.model)
+    except ValueError as e:
+        raise UserError(f"{root}: its rolls do not fit the model: {e}") from None
     G.to(device), D.to(device)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     G.to(memory_format=fmt), D.to(memory_format=fmt)

@@ -212,3 +212,15 @@ def test_ctrl_c_saves_the_current_step_and_resume_continues(tmp_path, chunks, mo
     monkeypatch.setattr(tr, "generator_loss", real)
     out = train(tiny(tmp_path, chunks), resume=last, **QUIET)
     assert load_checkpoint(out["checkpoint"])["step"] == 6 and out["run_name"] == "t-001"
+
+
+def test_unusable_roll_shape_and_unwritable_output_are_one_line(tmp_path, chunks):
+    files = find_midi_files([NOTTINGHAM])[:5]
+    preprocess(files, tmp_path / "c48", RollSpec(pitches=48), WindowOptions(), progress=False)
+    r = run_module("apollogan.train", f"data.root={tmp_path}/c48", "train.steps=1", "model.width=4",
+                   f"run.runs_dir={tmp_path}/runs", f"run.checkpoints_dir={tmp_path}/ckpt")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().endswith("must be the noise grid 2x8 scaled by one power of two (>= 4) in both axes")
+    (tmp_path / "afile").write_text("")
+    r = run_module("apollogan.preprocess", *files, "--out", tmp_path / "afile", "--quiet")
+    assert r.returncode == 2 and r.stderr.strip().endswith(f"error: {tmp_path / 'afile'}: File exists")
