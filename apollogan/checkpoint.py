@@ -1,18 +1,32 @@
-"""Complete, self-describing checkpoints: written atomically, found by run name, read back safely."""
+"""Complete, self-describing checkpoints: written atomically, found by run name, read back safely.
+
+A checkpoint is a dict of tensors and plain values only:
+
+    format, version, family, modules {name: state_dict}, ema {name: state_dict},
+    optimizers {name: state_dict}, step, batches, rng [per rank], world, config, spec,
+    run_name, apollogan (the version that wrote it)
+
+It is read with ``torch.load(weights_only=True)``: a file that needs anything beyond tensors
+and plain containers to unpickle (code, in a crafted file) is refused before it can run.
+Checkpoints of the first release (keys G, D, G_ema, opt_g, opt_d, numpy RNG state) are read
+too, allowing numpy arrays alone, and converted.
+"""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .cli import UserError
-from .config import Config, load_config
-from .models import build_models
+from .config import FAMILY_CONFIGS, Config, load_config
 from .spec import RollSpec
 
 STEP_FILE = re.compile(r"step-(\d+)\.pt$")
+FORMAT = "apollogan-checkpoint"
+VERSION = 2
 
 
 def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
@@ -21,7 +35,7 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:07d}.pt"
     tmp = ckpt_dir / f".{path.name}.tmp"
-    torch.save(state, tmp)
+    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
     os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
     last_tmp = ckpt_dir / ".last.pt.tmp"
     last_tmp.unlink(missing_ok=True)
@@ -33,16 +47,61 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     return path
 
 
+def _numpy_globals() -> list:
+    """What a numpy array needs to unpickle (the first release stored numpy's RNG state as one)."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return allowed + [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]  # numpy 1 pickles
+
+
+def _check(ok: bool, path, what: str) -> None:
+    if not ok:
+        raise UserError(f"{path}: not an apollogan checkpoint ({what})")
+
+
+def _is_state_dict(d) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in d.items())
+
+
+def _upgrade(ckpt: dict) -> dict:
+    """A first-release DCGAN checkpoint in the current layout."""
+    out = {k: v for k, v in ckpt.items() if k not in ("G", "D", "G_ema", "opt_g", "opt_d")}
+    out.update(format=FORMAT, version=VERSION, family="dcgan", modules={"G": ckpt["G"], "D": ckpt["D"]},
+               ema={"G": ckpt.get("G_ema", ckpt["G"])}, optimizers={"G": ckpt.get("opt_g"), "D": ckpt.get("opt_d")})
+    for r in out.get("rng") or []:
+        if isinstance(r, dict) and isinstance(r.get("numpy"), tuple):
+            name, keys, *rest = r["numpy"]
+            r["numpy"] = (name, torch.from_numpy(np.asarray(keys).astype(np.int64)), *rest)
+    return out
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read and check a checkpoint; anything that is not one is a one-line UserError."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # torn or foreign file: say so in one line
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or "G" not in ckpt or "config" not in ckpt or "spec" not in ckpt:
-        raise UserError(f"{path}: not an apollogan checkpoint (missing G, config or spec)")
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a checkpoint file") from None
+    except Exception as e:  # torn, foreign, or asking to run code: say so in one line
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"{path}: refused: it holds more than tensors and plain values, so loading it could "
+                            f"run code ({msg.split('.')[0]})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
+    _check(isinstance(ckpt, dict), path, "not a dict")
+    if "G" in ckpt and "modules" not in ckpt:
+        _check(_is_state_dict(ckpt["G"]) and _is_state_dict(ckpt.get("D")), path, "G or D is not a state dict")
+        ckpt = _upgrade(ckpt)
+    _check(ckpt.get("format") == FORMAT, path, "missing its format tag")
+    _check(ckpt.get("family") in FAMILY_CONFIGS, path, f"unknown model family {ckpt.get('family')!r}")
+    for part in ("modules", "ema"):
+        _check(isinstance(ckpt.get(part), dict) and all(_is_state_dict(v) for v in ckpt[part].values()), path,
+               f"{part} is not a mapping of state dicts")
+    _check(isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("spec"), dict), path, "no config or spec")
+    _check(isinstance(ckpt.get("step"), int), path, "no step")
     return ckpt
 
 
@@ -71,9 +130,19 @@ def config_of(ckpt: dict) -> Config:
     return load_config(base=ckpt["config"])
 
 
-def generator_from_checkpoint(ckpt: dict, device="cpu", ema: bool = True):
-    """The generator (EMA weights by default) rebuilt from the config stored in the checkpoint."""
+def family_from_checkpoint(ckpt: dict, device="cpu", ema: bool = True):
+    """(family, spec, config): the family rebuilt from the stored config, its sampling modules holding
+    the moving-average weights (``ema``) or the raw ones, every module in eval mode on ``device``."""
+    from .models import build_family
+
     cfg, spec = config_of(ckpt), RollSpec.from_dict(ckpt["spec"])
-    g, _ = build_models(spec, cfg.model)
-    g.load_state_dict(ckpt["G_ema"] if ema and "G_ema" in ckpt else ckpt["G"])
-    return g.to(device).eval(), spec, cfg
+    try:
+        family = build_family(spec, cfg)
+        for name, module in family.modules.items():
+            state = ckpt["ema"].get(name) if ema and name in ckpt["ema"] else ckpt["modules"][name]
+            module.load_state_dict(state)
+            module.to(device).eval()
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"checkpoint of run {ckpt.get('run_name', '?')}: its weights do not fit its "
+                        f"{cfg.model.family} config ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    return family, spec, cfg

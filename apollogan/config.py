@@ -21,7 +21,10 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class DCGANConfig:
+    """model.family=dcgan: the reference convolutional GAN (apollogan/models/dcgan.py)."""
+
+    family: str = "dcgan"
     width: int = 128  # d: channels are multiples of it
     noise: str = "reference"  # "reference": noise is a [7, 2, 8] tensor; "flat": a vector projected to it
     noise_channels: int = 7
@@ -31,12 +34,66 @@ class ModelConfig:
     d_norm: str = "batch"  # "batch" (reference), "spectral", "none"
 
 
+ModelConfig = DCGANConfig  # the name of the one model section before families existed
+
+
+@dataclass
+class LSTMConfig:
+    """model.family=lstm: next-frame composer; a frame is one roll column (apollogan/models/lstm.py)."""
+
+    family: str = "lstm"
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.2  # between LSTM layers
+
+
+@dataclass
+class AEConfig:
+    """model.family=ae: convolutional autoencoder over whole rolls (apollogan/models/vae.py)."""
+
+    family: str = "ae"
+    width: int = 32  # d of the encoder (the DCGAN discriminator's convolutions) and decoder (its generator's)
+    latent_dim: int = 64
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    """model.family=vae: the autoencoder with a Gaussian code and a KL term."""
+
+    family: str = "vae"
+    beta: float = 1.0  # weight of the KL term
+    beta_warmup: int = 0  # steps over which the KL weight rises linearly from 0 to beta
+
+
+@dataclass
+class LSTMGANConfig:
+    """model.family=lstm_gan: LSTM generator from per-step noise, LSTM discriminator (apollogan/models/lstm_gan.py)."""
+
+    family: str = "lstm_gan"
+    noise_dim: int = 32  # noise per time step
+    hidden: int = 128  # generator LSTM
+    layers: int = 2
+    d_hidden: int = 128  # discriminator LSTM
+    d_layers: int = 1
+    bidirectional: bool = True  # discriminator reads the roll both ways
+
+
+FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae": VAEConfig,
+                  "lstm_gan": LSTMGANConfig}
+GAN_FAMILIES = ("dcgan", "lstm_gan")
+# train keys that only one kind of family reads: setting them for the other kind is refused
+GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps")
+LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 20000  # generator steps
+    steps: int = 20000  # optimiser steps (generator steps for the GANs)
     batch_size: int = 32
-    lr_g: float = 2e-4
+    lr_g: float = 2e-4  # GAN families
     lr_d: float = 2e-4
+    lr: float = 1e-3  # lstm, vae, ae
+    grad_clip: float = 0.0  # lstm, vae, ae: clip the gradient norm to this (0: off)
     beta1: float = 0.5
     beta2: float = 0.999
     loss: str = "bce"  # "bce" (non-saturating, reference), "hinge", "wgan-gp"
@@ -64,12 +121,13 @@ class RunConfig:
     audio_samples: int = 2
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)
     metrics_samples: int = 256
+    val_windows: int = 512  # validation windows for the families' own figures (NLL, reconstruction)
 
 
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: DCGANConfig | LSTMConfig | AEConfig | VAEConfig | LSTMGANConfig = field(default_factory=DCGANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -81,6 +139,7 @@ class Config:
 
 
 CHOICES = {
+    "model.family": tuple(FAMILY_CONFIGS),
     "model.noise": ("reference", "flat"),
     "model.d_head": ("fc2", "fc1", "none"),
     "model.d_norm": ("batch", "spectral", "none"),
@@ -118,6 +177,11 @@ def _apply(cfg: Config, key: str, value) -> None:
         raise UserError(f"{key}: unknown key (sections: data, model, train, run)")
     types = typing.get_type_hints(type(sub))
     if name not in types:
+        if section == "model":
+            owners = [f for f, c in FAMILY_CONFIGS.items() if name in typing.get_type_hints(c)]
+            where = f"; it belongs to model.family={' or '.join(owners)}" if owners else ""
+            raise UserError(f"{key}: not an option of model.family={sub.family} "
+                            f"(it takes: {', '.join(sorted(types))}){where}")
         raise UserError(f"{key}: unknown key (known in {section}: {', '.join(sorted(types))})")
     value = _coerce(key, value, types[name])
     if key in CHOICES and value not in CHOICES[key]:
@@ -125,9 +189,19 @@ def _apply(cfg: Config, key: str, value) -> None:
     setattr(sub, name, value)
 
 
+def _layer_family(where: str, doc: dict) -> str | None:
+    """The model family a layer names; a stored config without one is a DCGAN run of the first release."""
+    model = doc.get("model")
+    family = model.get("family") if isinstance(model, dict) else None
+    return family if family is not None or where != "checkpoint" else "dcgan"
+
+
 def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
-    """Defaults <- ``base`` (a stored config) <- YAML file <- KEY=VALUE overrides."""
-    cfg = Config()
+    """Defaults <- ``base`` (a stored config) <- YAML file <- KEY=VALUE overrides.
+
+    The model section's type is the family's (``model.family``, last setting wins); model keys of a
+    layer that names another family are that family's and are left out.
+    """
     layers = []
     if base:
         layers.append(("checkpoint", base))
@@ -141,12 +215,7 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
         if not isinstance(doc, dict):
             raise UserError(f"{path}: expected a mapping of sections")
         layers.append((str(path), doc))
-    for where, doc in layers:
-        for section, values in doc.items():
-            if not isinstance(values, dict):
-                raise UserError(f"{where}: section {section!r} must be a mapping")
-            for k, v in values.items():
-                _apply(cfg, f"{section}.{k}", v)
+    parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -155,8 +224,29 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        types = _field_type(cfg, key)
-        if types is str and not isinstance(value, str):
+        parsed.append((key, raw, value))
+    family = "dcgan"
+    for where, doc in layers:
+        family = _layer_family(where, doc) or family
+    for key, raw, _ in parsed:
+        family = raw if key == "model.family" else family
+    if family not in FAMILY_CONFIGS:
+        raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILY_CONFIGS)}")
+    cfg = Config(model=FAMILY_CONFIGS[family]())
+    for where, doc in layers:
+        own = _layer_family(where, doc)
+        for section, values in doc.items():
+            if not isinstance(values, dict):
+                raise UserError(f"{where}: section {section!r} must be a mapping")
+            if section == "model" and own not in (None, family):
+                continue  # another family's model keys
+            for k, v in values.items():
+                try:
+                    _apply(cfg, f"{section}.{k}", v)
+                except UserError as e:
+                    raise UserError(f"{where}: {e}") from None
+    for key, raw, value in parsed:
+        if _field_type(cfg, key) is str and not isinstance(value, str):
             value = raw  # run.name=001 stays the string "001"
         _apply(cfg, key, value)
     validate(cfg)
@@ -171,16 +261,31 @@ def _field_type(cfg: Config, key: str):
 
 def validate(cfg: Config) -> None:
     t, m = cfg.train, cfg.model
-    for key in ("train.steps", "train.batch_size", "train.d_steps", "model.width", "run.log_every",
+    for key in ("train.steps", "train.batch_size", "train.d_steps", "run.log_every",
                 "run.sample_every", "run.checkpoint_every", "run.keep", "run.num_samples"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(f"{key}: must be at least 1")
+    for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim"):
+        if getattr(m, name, 1) < 1:
+            raise UserError(f"model.{name}: must be at least 1")
+    gan = m.family in GAN_FAMILIES
+    defaults = TrainConfig()
+    for name in GAN_TRAIN_KEYS if not gan else LIKELIHOOD_TRAIN_KEYS:
+        if getattr(t, name) != getattr(defaults, name):
+            kind = f"a GAN option ({', '.join(GAN_FAMILIES)})" if not gan else "not an option of the GAN families"
+            raise UserError(f"train.{name}: {kind}; model.family is {m.family}")
     if not 0 <= t.ema_decay < 1:
         raise UserError("train.ema_decay: must be in [0, 1)")
     if not 0 <= t.label_smoothing < 0.5:
         raise UserError("train.label_smoothing: must be in [0, 0.5)")
-    if t.loss == "wgan-gp" and m.d_norm == "batch":
+    if t.label_smoothing and t.loss != "bce":
+        raise UserError(f"train.label_smoothing: smooths the targets of the bce loss; train.loss={t.loss} has none")
+    if t.loss == "wgan-gp" and getattr(m, "d_norm", None) == "batch":
         raise UserError("train.loss=wgan-gp: the gradient penalty is per sample; use model.d_norm=spectral or none")
+    if t.grad_clip < 0 or getattr(m, "dropout", 0) < 0 or getattr(m, "dropout", 0) >= 1:
+        raise UserError("train.grad_clip must be >= 0 and model.dropout in [0, 1)")
+    if getattr(m, "beta", 0) < 0 or getattr(m, "beta_warmup", 0) < 0:
+        raise UserError("model.beta and model.beta_warmup must be >= 0")
     if not cfg.run.name or "/" in cfg.run.name:
         raise UserError(f"run.name: {cfg.run.name!r} must be a non-empty name without '/'")

@@ -2,6 +2,12 @@
 
     python -m apollogan.evaluate --checkpoint checkpoints/quick-001/last.pt --num 1000
     python -m apollogan.evaluate --midi some_folder/ --data chunks/nottingham --out eval.json
+    python -m apollogan.evaluate --checkpoint lstm-001 --prime 16 --temperature 0.9
+
+Every model family is sampled the way generate samples it (the LSTM primed with real
+validation windows, --prime 0 for none); a family with held-out figures of its own (the
+LSTM's NLL per frame and frame accuracy, the autoencoders' reconstruction F1) also reports
+them on the whole validation split.
 
 For each metric: mean and std of the generated and the real validation windows, the gap
 (generated minus real mean, in real standard deviations), the Wasserstein-1 distance and
@@ -32,6 +38,7 @@ from .spec import RollSpec
 
 REFERENCE_VERSION = 1
 IOU_THRESHOLDS = (0.5, 0.8, 0.95)
+VALIDATION_WINDOWS = 4096  # a model's own held-out figures: the whole split of the bundled data, a sample of larger ones
 
 
 # --- real-data reference -------------------------------------------------------------------
@@ -204,6 +211,10 @@ def markdown(result: dict) -> str:
                   "closest: " + "; ".join(f"sample {c['sample']} ~ train window {c['train_window']} "
                                            f"({c['source']} @ {c['offset']}) IoU {c['iou']:.3f}"
                                            for c in m["closest"])]
+    if result.get("validation"):
+        v = dict(result["validation"])
+        lines += ["", f"the model's own figures on {v.pop('windows')} validation windows: " +
+                  ", ".join(f"{k.split('/')[-1]} {x:.4f}" for k, x in v.items())]
     if result.get("skipped"):
         lines += ["", f"skipped {len(result['skipped'])} file(s): " +
                   "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"])]
@@ -227,37 +238,49 @@ def main(argv=None) -> int:
     src.add_argument("--checkpoint", metavar="PATH", help="checkpoint file, folder or run name")
     src.add_argument("--midi", type=Path, metavar="DIR", help="score a folder of MIDI files instead")
     ap.add_argument("--num", type=int, default=1000, help="samples from the checkpoint (default %(default)s)")
-    ap.add_argument("--data", type=Path, help="shard set to compare with (default: the checkpoint's data.root, "
-                                              "or chunks/nottingham)")
+    ap.add_argument("--data", type=Path, help="shard set to compare with and to prime from (default: the "
+                                              "checkpoint's data.root, or chunks/nottingham)")
     ap.add_argument("--out", type=Path, help="JSON file for the full result")
     ap.add_argument("--threshold", type=float, default=0.5, help="binarisation of generated rolls (default %(default)s)")
     ap.add_argument("--meter", default="4/4", help="time signature of generated rolls (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
+    from .generate import add_sampling_args
+
+    add_sampling_args(ap)
     a = ap.parse_args(argv)
     try:
         num, den = (int(v) for v in a.meter.split("/"))
     except ValueError:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
-    skipped = []
+    skipped, validation, family_name = [], None, None
     if a.checkpoint:
-        from .checkpoint import generator_from_checkpoint, resolve_checkpoint
-        from .generate import sample_rolls
+        from .checkpoint import family_from_checkpoint, resolve_checkpoint
+        from .generate import draw, sampling_options
 
         path, ckpt = resolve_checkpoint(a.checkpoint)
-        g, spec, cfg = generator_from_checkpoint(ckpt)
+        family, spec, cfg = family_from_checkpoint(ckpt)
+        opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
-        ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
-        rolls = sample_rolls(g, a.num, a.seed) >= a.threshold
+        val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
+        rolls = draw(family, a.num, a.seed, opts, root).numpy() >= a.threshold
         bar = steps_per_bar(num, den, spec.steps_per_beat)
-        source = str(path)
+        source, family_name = str(path), family.name
+        if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
+            windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
+            validation = {"windows": len(windows), **family.validate(torch.from_numpy(windows))}
     else:
+        if any(v is not None for v in (a.prime, a.temperature, a.top_p)):
+            raise UserError("--prime, --temperature and --top-p sample a checkpoint; --midi files are scored as they are")
         root = a.data or Path("chunks/nottingham")
         spec = ShardSet(root, "val", verify=False).spec
         rolls, bar, skipped = encode_midi_folder(a.midi, spec)
         source = str(a.midi)
-    result = {"source": source, "data": str(root), **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation)}
+    result = {"source": source, "family": family_name, "data": str(root),
+              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation)}
     result["skipped"] = skipped
+    if validation:
+        result["validation"] = validation
     print(markdown(result))
     if a.out:
         atomic_write_json(a.out, _nan_to_none(result))  # strict JSON: an undefined value is null

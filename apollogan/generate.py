@@ -1,8 +1,14 @@
-"""MIDI files (and PNGs) from a checkpoint; the model is rebuilt from the config stored in it.
+"""MIDI files (and PNGs) from a checkpoint of any model family; the model is rebuilt from the config in it.
 
     python -m apollogan.generate --checkpoint checkpoints/quick-001/last.pt --num 8 --out samples/quick --png
     python -m apollogan.generate --checkpoint quick-001 --bernoulli --tempo 100 --program 24
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
+    python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
+
+The LSTM is primed with the first K steps of real validation windows of the run's data
+(--data to use another shard set of the same spec; --prime 0 starts from silence).
+--interpolate walks between two noise points (dcgan, lstm_gan) or between the codes of two
+validation windows (vae, ae); the LSTM has no latent space to walk.
 """
 from __future__ import annotations
 
@@ -14,26 +20,56 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import generator_from_checkpoint, resolve_checkpoint
+from .checkpoint import family_from_checkpoint, resolve_checkpoint
 from .cli import UserError, run
 from .midi import binarize, notes_to_midi, roll_to_notes, save_midi
+from .shards import ShardSet
 
 
-@torch.no_grad()
-def sample_rolls(g, n: int, seed: int, batch: int = 64, device="cpu") -> np.ndarray:
-    """Probabilities [n, C, P, T] from noise drawn with ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    out = [g(g.noise(min(batch, n - i), gen).to(device)).float().cpu() for i in range(0, n, batch)]
-    return torch.cat(out).numpy()
+def add_sampling_args(ap: argparse.ArgumentParser) -> None:
+    """The options some families take when sampling (see their ``sample_options``)."""
+    g = ap.add_argument_group("sampling options of the lstm family")
+    g.add_argument("--prime", type=int, metavar="K",
+                   help="start from the first K steps of real validation windows (default 16; 0: from silence)")
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help="divide the logits by T before drawing (default 1; 0: every cell with p >= 0.5, no draw)")
+    g.add_argument("--top-p", type=float, metavar="P",
+                   help="per frame, keep the most probable cells holding share P of its probability mass (default 1)")
 
 
-@torch.no_grad()
-def interpolate_rolls(g, k: int, seed: int, device="cpu") -> np.ndarray:
-    """k rolls along the straight line between two noise points."""
-    gen = torch.Generator().manual_seed(seed)
-    a, b = g.noise(1, gen), g.noise(1, gen)
-    w = torch.linspace(0, 1, k).view(-1, *[1] * (a.dim() - 1))
-    return g(((1 - w) * a + w * b).to(device)).float().cpu().numpy()
+def sampling_options(family, a) -> dict:
+    """The family's defaults updated with the options given; an option the family does not take is an error."""
+    given = {k: v for k, v in (("prime", a.prime), ("temperature", a.temperature), ("top_p", a.top_p)) if v is not None}
+    for k in given:
+        if k not in family.sample_options:
+            raise UserError(f"--{k.replace('_', '-')}: the {family.name} family has no such sampling option "
+                            f"(it is for the lstm family)")
+    opts = {**family.sample_options, **given}
+    steps = family.spec.steps
+    if not 0 <= opts.get("prime", 0) < steps:
+        raise UserError(f"--prime: must be in 0..{steps - 1} steps")
+    if opts.get("temperature", 1) < 0 or not 0 < opts.get("top_p", 1) <= 1:
+        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    return opts
+
+
+def real_windows(root, spec, n: int, seed: int, why: str) -> torch.Tensor:
+    """``n`` windows of the validation split (the training split when it has none), chosen with ``seed``."""
+    try:
+        shards = ShardSet(root, "val", spec=spec, verify=False)
+        if len(shards) == 0:
+            shards = ShardSet(root, "train", spec=spec, verify=False)
+    except UserError as e:
+        raise UserError(f"{why} needs real windows: {e} (pass --data CHUNKS)") from None
+    return torch.from_numpy(shards.pick(n, seed))
+
+
+def draw(family, n: int, seed: int, opts: dict, root, device="cpu") -> torch.Tensor:
+    """``n`` rolls [n, C, P, T] in [0, 1] from the family, with its random draws seeded by ``seed``."""
+    real = None
+    if family.wants_real(**opts):
+        real = real_windows(root, family.spec, n, seed, f"--prime {opts.get('prime')}")
+    return family.sample(n, torch.Generator().manual_seed(seed), device=device, real=real, **opts)
 
 
 def main(argv=None) -> int:
@@ -51,16 +87,27 @@ def main(argv=None) -> int:
     ap.add_argument("--velocity", type=float, default=90, help="mean velocity (default %(default)s)")
     ap.add_argument("--velocity-std", type=float, default=0.0, help="Gaussian velocity spread (default constant)")
     ap.add_argument("--png", action="store_true", help="also a PNG per file and a grid of all")
-    ap.add_argument("--interpolate", type=int, metavar="K", help="K files along a line between two noise points")
-    ap.add_argument("--raw", action="store_true", help="use the raw generator, not its EMA copy")
+    ap.add_argument("--interpolate", type=int, metavar="K", help="K files along a line through the latent space")
+    ap.add_argument("--raw", action="store_true", help="use the raw weights, not their moving average")
+    ap.add_argument("--data", type=Path, help="shard set to take real windows from (default: the run's data.root)")
+    add_sampling_args(ap)
     a = ap.parse_args(argv)
     if not 0 <= a.program <= 127 or a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
         raise UserError("--program must be 0..127, --tempo and --num positive, --interpolate at least 2")
     path, ckpt = resolve_checkpoint(a.checkpoint)
-    g, spec, _ = generator_from_checkpoint(ckpt, ema=not a.raw)
-    probs = interpolate_rolls(g, a.interpolate, a.seed) if a.interpolate else sample_rolls(g, a.num, a.seed)
+    family, spec, cfg = family_from_checkpoint(ckpt, ema=not a.raw)
+    opts = sampling_options(family, a)
+    root = a.data or Path(cfg.data.root)
+    if a.interpolate:
+        if family.latent is None:
+            raise UserError(f"--interpolate: the {family.name} family has no latent space to walk "
+                            "(it composes one step at a time)")
+        ends = real_windows(root, spec, 2, a.seed, "--interpolate") if family.latent == "codes" else None
+        probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends)
+    else:
+        probs = draw(family, a.num, a.seed, opts, root)
     rng = np.random.default_rng(a.seed)
-    rolls = binarize(probs, a.threshold, rng if a.bernoulli else None)
+    rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = "interp" if a.interpolate else "sample"
     empty = 0
@@ -75,7 +122,8 @@ def main(argv=None) -> int:
         for i, roll in enumerate(rolls):
             save_rolls_png(roll[None], a.out / f"{stem}-{i:03d}.png", nrow=1)
         save_rolls_png(rolls, a.out / f"{stem}-grid.png", nrow=4)
-    print(f"wrote {len(rolls)} MIDI files to {a.out} from {path}" + (f" ({empty} without notes)" if empty else ""))
+    print(f"wrote {len(rolls)} MIDI files to {a.out} from {path} ({family.name})"
+          + (f" ({empty} without notes)" if empty else ""))
     return 0
 
 

@@ -147,6 +147,14 @@ class ShardSet:
         c, p, t = self.spec.shape
         return np.unpackbits(packed, axis=1, count=c * p * t).reshape(-1, c, p, t)
 
+    def pick(self, n: int, seed: int) -> np.ndarray:
+        """``n`` windows chosen with ``seed`` (without repeats while the split has enough), uint8 [n, C, P, T]."""
+        if len(self) == 0:
+            raise UserError(f"{self.root}: the {self.split} split has no windows")
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(self), n, replace=n > len(self))
+        return self.get(np.sort(idx))[np.argsort(np.argsort(idx))]  # read in file order, return in drawn order
+
     def source_of(self, i: int) -> dict:
         return self.sources[int(self.records["source"][i])]
 

@@ -1,6 +1,7 @@
-"""Train a GAN on piano-roll shards, watched in TensorBoard.
+"""Train a model family on piano-roll shards, watched in TensorBoard.
 
-    python -m apollogan.train --config configs/quick.yaml            # small model, a 2-core CPU
+    python -m apollogan.train --config configs/quick.yaml            # small DCGAN, a 2-core CPU
+    python -m apollogan.train --config configs/lstm.yaml             # a baseline: lstm, vae, ae, lstm_gan
     python -m apollogan.train --config configs/apollogan.yaml        # the reference DCGAN (GPU)
     python -m apollogan.train --config configs/quick.yaml train.steps=200 run.name=try
     python -m apollogan.train --resume try-001                       # continue a run exactly
@@ -33,9 +34,8 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cli import UserError, run
 from .config import Config, load_config
 from .data import RollDataset
-from .losses import d_fake_term, d_real_term, feature_matching, generator_loss, gradient_penalty
 from .metrics import TRAINING_STATS
-from .models import build_models, count_params
+from .models import StepContext, build_family
 from .preprocess import DEFAULT_OUT, ensure_shards
 from .shards import ShardSet
 from .spec import RollSpec
@@ -118,8 +118,12 @@ def next_run_name(cfg: Config) -> str:
 
 
 def rng_state(gen: torch.Generator) -> dict:
+    """Every RNG a run draws from, as tensors and plain values (what a weights-only load accepts)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "noise": gen.get_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+            "noise": gen.get_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                int(has_gauss), float(cached)),
+            "python": random.getstate()}
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
@@ -127,7 +131,8 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     gen.set_state(state["noise"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
     random.setstate(state["python"])
 
 
@@ -172,6 +177,8 @@ def train(cfg: Config, resume: Path | dict | None = None, log=print, progress: b
 def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     t, device = cfg.train, env.device
     ckpt = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
+    if ckpt and ckpt["family"] != cfg.model.family:
+        raise UserError(f"model.family: the checkpoint is a {ckpt['family']} run; a resumed run keeps its family")
     root = Path(cfg.data.root)
     if env.main and root == DEFAULT_OUT and not (root / "manifest.json").exists():
         ensure_shards(root, RollSpec(onset=cfg.data.onset), log=log)
@@ -183,20 +190,28 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     spec = data.spec
     torch.manual_seed(t.seed)
     try:
-        G, D = build_models(spec, cfg.model)
+        family = build_family(spec, cfg)
     except ValueError as e:
         raise UserError(f"{root}: its rolls do not fit the model: {e}") from None
-    G.to(device), D.to(device)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
-    G.to(memory_format=fmt), D.to(memory_format=fmt)
-    ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
-    gen = torch.Generator(device).manual_seed(t.seed * 7919 + env.rank)  # noise of the training steps
+    for m in family.modules.values():
+        m.to(device)
+        m.to(memory_format=fmt)
+    ema = {k: copy.deepcopy(family.modules[k]).eval().requires_grad_(False) for k in family.ema_names}
+    opts = family.optimizers()
+    gen = torch.Generator(device).manual_seed(t.seed * 7919 + env.rank)  # every draw of the training steps
     step = batches = 0
     if ckpt:
-        G.load_state_dict(ckpt["G"]), D.load_state_dict(ckpt["D"]), ema.load_state_dict(ckpt["G_ema"])
-        opt_g.load_state_dict(ckpt["opt_g"]), opt_d.load_state_dict(ckpt["opt_d"])
+        try:
+            for k, m in family.modules.items():
+                m.load_state_dict(ckpt["modules"][k])
+            for k, m in ema.items():
+                m.load_state_dict(ckpt["ema"][k])
+            for k, o in opts.items():
+                o.load_state_dict(ckpt["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"checkpoint does not fit its {cfg.model.family} config "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         step, batches, run_name = ckpt["step"], ckpt["batches"], ckpt["run_name"]
         if env.world == ckpt.get("world", 1):
             set_rng_state(ckpt["rng"][min(env.rank, len(ckpt["rng"]) - 1)], gen)
@@ -208,18 +223,19 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         run_name = names[0]
     run_dir, ckpt_dir = Path(cfg.run.runs_dir) / run_name, Path(cfg.run.checkpoints_dir) / run_name
 
-    g_run, d_run = G, D
+    nets = ddp_nets = dict(family.modules)  # as the step calls them
     if env.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel
         ids = [device.index] if device.type == "cuda" else None
-        g_run, d_run = ddp(G, device_ids=ids), ddp(D, device_ids=ids)
+        nets = ddp_nets = {k: torch.nn.parallel.DistributedDataParallel(m, device_ids=ids) for k, m in nets.items()}
     if t.compile:
-        g_run, d_run = torch.compile(g_run), torch.compile(d_run)
+        nets = {k: torch.compile(m) for k, m in nets.items()}
     bf16 = use_bf16(cfg, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    no_sync_d = d_run.no_sync if env.world > 1 else contextlib.nullcontext
+
+    def no_sync(name):
+        return ddp_nets[name].no_sync() if env.world > 1 else contextlib.nullcontext()
+
     stream = BatchStream(len(data), t.batch_size, t.seed, env.rank, env.world)
-    fixed_z = G.noise(cfg.run.num_samples, torch.Generator().manual_seed(t.seed + 12345)).to(device)
 
     def real_batch():
         nonlocal batches
@@ -228,7 +244,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         x = torch.from_numpy(data.shards.get(idx)).to(device, non_blocking=True).float()
         return x.contiguous(memory_format=fmt)
 
-    writer = None
+    writer, sampling = None, {"has_val": False}
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -236,9 +252,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
 
         writer = SummaryWriter(str(run_dir))
         if not ckpt:
-            log(f"run {run_name}: G {count_params(G) / 1e6:.2f}M, D {count_params(D) / 1e6:.2f}M parameters, "
-                f"{len(data)} train windows of {list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, "
-                f"{env.world} process(es)")
+            log(f"run {run_name}: {family.name}, {family.describe()}, {len(data)} train windows of "
+                f"{list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, {env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
         pick = np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False)
         real_ref = data.shards.get(np.sort(pick))  # a sample of the corpus, not its first tunes
@@ -246,21 +261,20 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             from .images import roll_grid
 
             writer.add_image("Real", roll_grid(real_ref[: cfg.run.num_samples]), 0)
-        real_stats = roll_stats(real_ref)
-        has_val = len(ShardSet(root, "val", verify=False)) > 0
-        if not has_val:
-            log(f"{root} has no validation windows: the metrics against real data are skipped")
-    else:
-        real_stats, has_val = {}, False
+        sampling = sampling_inputs(family, root, data.shards, cfg, log)
+        sampling["real_stats"] = roll_stats(real_ref)
+    sample_nets = {**family.modules, **ema}
 
     def state() -> dict:
         rngs = [rng_state(gen)]
         if env.world > 1:
             rngs = [None] * env.world
             dist.all_gather_object(rngs, rng_state(gen))
-        return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(), "step": step, "batches": batches, "rng": rngs, "world": env.world,
-                "config": cfg.to_dict(), "spec": spec.to_dict(), "run_name": run_name, "apollogan": __version__}
+        return {"family": family.name, "modules": {k: m.state_dict() for k, m in family.modules.items()},
+                "ema": {k: m.state_dict() for k, m in ema.items()},
+                "optimizers": {k: o.state_dict() for k, o in opts.items()}, "step": step, "batches": batches,
+                "rng": rngs, "world": env.world, "config": cfg.to_dict(), "spec": spec.to_dict(),
+                "run_name": run_name, "apollogan": __version__}
 
     def save():
         s = state()  # every rank joins the RNG gather
@@ -268,90 +282,67 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
 
     first_bad = torch.tensor(-1, device=device)
-    acc = torch.zeros(4, device=device)  # Loss/D, Loss/G, D(x), D(G(z)) summed over the log interval
+    acc, grads = {}, {}  # figures summed over the log interval; gradient norms of the last logged step
     acc_n, last_log, last_time = 0, step, time.perf_counter()
     final = {}
     bar = tqdm(total=t.steps, initial=step, desc=run_name, unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
 
     def check_finite():
-        bad = int(first_bad)
+        bad = first_bad
+        if env.world > 1:  # every rank stops at the first bad step of any rank
+            never = torch.iinfo(torch.int64).max
+            bad = torch.where(first_bad < 0, never, first_bad)
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+            bad = torch.where(bad == never, -1, bad)
+        bad = int(bad)
         if bad >= 0:
             raise NonFiniteLoss(f"non-finite loss at step {bad}; the last good checkpoint is {ckpt_dir / 'last.pt'}")
 
     try:
         while step < t.steps:
-            G.train(), D.train()
+            for m in family.modules.values():
+                m.train()
             logging_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == t.steps
-            for _ in range(t.d_steps):
-                real = real_batch()
-                with torch.no_grad(), autocast():
-                    fake = g_run(G.noise(real.shape[0], gen, device)).float()
-                opt_d.zero_grad(set_to_none=True)
-                # real and fake go through D separately (the reference's batch norm statistics),
-                # each forward followed by its own backward, as DDP needs
-                with autocast():
-                    real_logits = d_run(real).float()
-                    loss_real = d_real_term(t.loss, real_logits, t.label_smoothing)
-                loss_real.backward()
-                with autocast():
-                    fake_logits = d_run(fake.contiguous(memory_format=fmt)).float()
-                    loss_fake = d_fake_term(t.loss, fake_logits)
-                loss_fake.backward()
-                loss_d = loss_real.detach() + loss_fake.detach()
-                if t.loss == "wgan-gp":
-                    gp = t.gp_weight * gradient_penalty(D, real, fake, gen)
-                    gp.backward()
-                    loss_d = loss_d + gp.detach()
-                if logging_now:
-                    grad_d = _grad_norm(D)  # of the last D step of the interval
-                opt_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            with autocast():
-                fake = g_run(G.noise(t.batch_size, gen, device))
-                with no_sync_d():  # D's gradients from this pass are discarded; skip their all-reduce
-                    if t.feature_matching > 0:
-                        fake_logits_g, f_fake = d_run(fake.float().contiguous(memory_format=fmt), features=True)
-                        _, f_real = d_run(real, features=True)
-                    else:
-                        fake_logits_g = d_run(fake.float().contiguous(memory_format=fmt))
-                loss_g = generator_loss(t.loss, fake_logits_g.float())
-                if t.feature_matching > 0:
-                    loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
-            loss_g.backward()
-            if logging_now:
-                grad_g = _grad_norm(G)
-            opt_g.step()
-            ema_update(ema, G, ema_decay_at(t.ema_decay, step))
+            figures = family.train_step(StepContext(
+                nets=nets, optimizers=opts, real_batch=real_batch, generator=gen, device=device, step=step,
+                log_now=logging_now, autocast=autocast, no_sync=no_sync, fmt=fmt))
+            for k, m in ema.items():
+                ema_update(m, family.modules[k], ema_decay_at(t.ema_decay, step))
             step += 1
             with torch.no_grad():
-                first_bad = torch.where((~torch.isfinite(loss_d + loss_g)) & (first_bad < 0), step, first_bad)
-                acc[:4] += torch.stack([loss_d, loss_g.detach(), torch.sigmoid(real_logits.detach()).mean(),
-                                        torch.sigmoid(fake_logits.detach()).mean()])
+                loss = sum(v for k, v in figures.items() if k.startswith("Loss/"))
+                first_bad = torch.where((~torch.isfinite(loss)) & (first_bad < 0), step, first_bad)
+                for k, v in figures.items():
+                    if k.startswith("GradNorm/"):
+                        grads[k] = v
+                    else:
+                        acc[k] = acc[k] + v if k in acc else v.clone()
             acc_n += 1
             bar.update()
 
             if logging_now:
                 check_finite()  # the one host sync of the interval
-                vals = (acc / acc_n).tolist()
+                keys = list(acc) + list(grads)
+                vals = dict(zip(keys, torch.stack([acc[k] / acc_n for k in acc] + list(grads.values())).tolist()))
                 now = time.perf_counter()
                 speed = (step - last_log) * t.batch_size * env.world / (now - last_time)
-                final = {"Loss/D": vals[0], "Loss/G": vals[1], "D(x)": vals[2], "D(G(z))": vals[3]}
+                final = {k: vals[k] for k in acc}
                 if writer:
-                    for k, v in final.items():
+                    for k, v in vals.items():
                         writer.add_scalar(k, v, step)
-                    writer.add_scalar("GradNorm/D", float(grad_d), step)
-                    writer.add_scalar("GradNorm/G", float(grad_g), step)
-                    writer.add_scalar("LR/G", opt_g.param_groups[0]["lr"], step)
-                    writer.add_scalar("LR/D", opt_d.param_groups[0]["lr"], step)
+                    for k, o in opts.items():
+                        writer.add_scalar(f"LR/{k}", o.param_groups[0]["lr"], step)
                     writer.add_scalar("Speed/samples_per_s", speed, step)
-                bar.set_postfix(D=f"{vals[0]:.3f}", G=f"{vals[1]:.3f}", sps=f"{speed:.0f}", refresh=False)
-                acc.zero_()
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in final.items() if k.startswith("Loss/")}
+                                | {"sps": f"{speed:.0f}"}, refresh=False)
+                acc, grads = {}, {}
                 acc_n, last_log, last_time = 0, step, now
             if writer and (step % cfg.run.sample_every == 0 or step == t.steps):
-                final.update(log_samples(writer, ema, fixed_z, spec, step, run_dir, real_stats, cfg))
-            if writer and has_val and ((cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or step == t.steps):
-                final.update(log_metrics(writer, ema, spec, root, step, cfg, device))
+                final.update(log_samples(writer, family, sample_nets, sampling, spec, step, run_dir, cfg, device))
+            if writer and sampling["has_val"] and (
+                    (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or step == t.steps):
+                final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
             if step % cfg.run.checkpoint_every == 0 or step == t.steps:
                 check_finite()
                 save()
@@ -373,21 +364,32 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **final}
 
 
-def _grad_norm(m: torch.nn.Module) -> torch.Tensor:
-    grads = [p.grad for p in m.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=next(m.parameters()).device)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log) -> dict:
+    """The real windows that sampling and validation need, chosen once: validation windows when
+    the data has them (training windows otherwise, for a primer only)."""
+    val = ShardSet(root, "val", verify=False)
+    has_val = len(val) > 0
+    if not has_val:
+        log(f"{root} has no validation windows: the metrics against real data are skipped")
+    source, seed, r = (val if has_val else train_shards), cfg.train.seed, cfg.run
+    wants = family.wants_real(**family.sample_options)
+
+    def pick(n, offset):
+        return torch.from_numpy(source.pick(n, seed + offset)) if wants else None
+    return {"has_val": has_val, "grid_real": pick(r.num_samples, 12345), "metrics_real": pick(r.metrics_samples, 999),
+            "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
 
 
 @torch.no_grad()
-def log_samples(writer, ema, fixed_z, spec: RollSpec, step: int, run_dir: Path, real_stats: dict, cfg: Config) -> dict:
-    """Image grid, audio and MIDI of the EMA generator on fixed noise; statistics against real data."""
+def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int, run_dir: Path, cfg: Config,
+                device) -> dict:
+    """Image grid, audio and MIDI of the moving-average model on fixed random draws; statistics against real data."""
     from .audio import render
     from .images import roll_grid
     from .midi import notes_to_midi, roll_to_notes, save_midi
 
-    probs = ema(fixed_z).float().cpu()
+    probs = family.sample(cfg.run.num_samples, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
+                          device=device, real=sampling["grid_real"], **family.sample_options)
     writer.add_image("Samples/ema", roll_grid(probs), step)
     rolls = (probs >= 0.5).numpy()
     writer.add_image("Samples/ema_binary", roll_grid(torch.from_numpy(rolls).float()), step)
@@ -401,18 +403,20 @@ def log_samples(writer, ema, fixed_z, spec: RollSpec, step: int, run_dir: Path, 
     stats = roll_stats(rolls)
     for k, v in stats.items():
         writer.add_scalar(f"Stats/{k}/generated", v, step)
-        writer.add_scalar(f"Stats/{k}/real", real_stats[k], step)
+        writer.add_scalar(f"Stats/{k}/real", sampling["real_stats"][k], step)
     return {f"Stats/{k}": v for k, v in stats.items()}
 
 
 @torch.no_grad()
-def log_metrics(writer, ema, spec: RollSpec, root: Path, step: int, cfg: Config, device) -> dict:
-    """The full metric set of EMA samples against the cached real reference, and memorisation."""
+def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path, step: int, cfg: Config,
+                device) -> dict:
+    """The full metric set of samples against the cached real reference, memorisation, and the
+    family's own validation figures (NLL, reconstruction), all of the moving-average model."""
     from .evaluate import evaluate_rolls
-    from .generate import sample_rolls
     from .metrics import steps_per_bar
 
-    rolls = sample_rolls(ema, cfg.run.metrics_samples, seed=cfg.train.seed + 999, device=device) >= 0.5
+    rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999), nets=nets,
+                          device=device, real=sampling["metrics_real"], **family.sample_options).numpy() >= 0.5
     res = evaluate_rolls(rolls, root, steps_per_bar(4, 4, spec.steps_per_beat), progress=False)
     for name, row in res["metrics"].items():
         writer.add_scalar(f"Metrics/{name}/generated", row["generated_mean"], step)
@@ -421,8 +425,11 @@ def log_metrics(writer, ema, spec: RollSpec, root: Path, step: int, cfg: Config,
     mem = res["memorisation"]
     for t in ("0.5", "0.8", "0.95"):
         writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
+    val = family.validate(sampling["val_windows"], nets=nets, device=device)
+    for k, v in val.items():
+        writer.add_scalar(k, v, step)
     return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
-            **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}}
+            **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
 
 
 def main(argv=None) -> int:

@@ -52,9 +52,10 @@ def test_training_changes_weights_and_keeps_losses_finite(tmp_path, chunks):
 
     torch.manual_seed(0)
     g0, d0 = build_models(RollSpec(), load_config(base=ck["config"]).model)
-    assert not torch.equal(g0.state_dict()["net.0.weight"], ck["G"]["net.0.weight"])
-    assert not torch.equal(ck["G"]["net.0.weight"], ck["G_ema"]["net.0.weight"])  # EMA lags the raw weights
-    assert set(ck) >= {"G", "D", "G_ema", "opt_g", "opt_d", "step", "rng", "config", "spec", "apollogan"}
+    assert not torch.equal(g0.state_dict()["net.0.weight"], ck["modules"]["G"]["net.0.weight"])
+    assert not torch.equal(ck["modules"]["G"]["net.0.weight"], ck["ema"]["G"]["net.0.weight"])  # EMA lags
+    assert set(ck) >= {"family", "modules", "ema", "optimizers", "step", "rng", "config", "spec", "apollogan"}
+    assert ck["family"] == "dcgan" and set(ck["modules"]) == set(ck["optimizers"]) == {"G", "D"}
 
 
 @pytest.mark.parametrize("extra", [[], ["train.loss=hinge", "model.d_norm=spectral", "train.feature_matching=0.5"],
@@ -65,10 +66,10 @@ def test_resume_is_bit_identical(tmp_path, chunks, extra):
     resumed = train(tiny(tmp_path / "b", chunks, *extra), resume=Path(half["checkpoint"]), **QUIET)
     a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     assert b["step"] == 6 and b["run_name"] == half["run_name"]
-    for part in ("G", "D", "G_ema"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    sa, sb = a["opt_d"]["state"], b["opt_d"]["state"]
+    for part, name in (("modules", "G"), ("modules", "D"), ("ema", "G")):
+        for k in a[part][name]:
+            assert torch.equal(a[part][name][k], b[part][name][k]), (part, name, k)
+    sa, sb = a["optimizers"]["D"]["state"], b["optimizers"]["D"]["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
 
 
@@ -106,7 +107,7 @@ def test_keep_prunes_old_checkpoints_and_names_count_up(tmp_path, chunks):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.models.gan as tr
 
     real = tr.generator_loss
     calls = {"n": 0}
@@ -118,7 +119,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_p
     with pytest.raises(UserError, match="non-finite loss at step 5"):
         train(tiny(tmp_path, chunks), **QUIET)
     ck = load_checkpoint(tmp_path / "ckpt" / "t-001" / "last.pt")
-    assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["G"].values() if v.is_floating_point())
+    assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["modules"]["G"].values() if v.is_floating_point())
 
 
 def test_torn_checkpoints_fall_back_to_the_last_complete_one(tmp_path, chunks):
@@ -169,7 +170,7 @@ def test_cli_dry_run_and_bad_key(tmp_path):
     r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
         "batch_size, beta1, beta2, channels_last, compile, d_steps, ema_decay, feature_matching, gp_weight, " \
-        "label_smoothing, loss, lr_d, lr_g, seed, steps)"
+        "grad_clip, label_smoothing, loss, lr, lr_d, lr_g, seed, steps)"
 
 
 def test_two_process_ddp_on_cpu(tmp_path, chunks):
@@ -194,7 +195,7 @@ def test_ema_warm_up_then_the_configured_decay():
 
 
 def test_ctrl_c_saves_the_current_step_and_resume_continues(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.models.gan as tr
 
     real = tr.generator_loss
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""The DCGAN of the original ApolloGAN experiments, with every size an argument.
+"""model.family=dcgan: the DCGAN of the original ApolloGAN experiments, every size an argument.
 
 Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid.
 Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .config import ModelConfig
-from .spec import RollSpec
+from ..config import DCGANConfig
+from ..spec import RollSpec
+from .gan import GANFamily
 
 NOISE_HW = (2, 8)
 
@@ -54,19 +55,25 @@ class Generator(nn.Module):
         shape = (batch, self.noise_dim) if self.project is not None else (batch, *self.noise_shape)
         return torch.randn(shape, generator=generator, device=device)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """Probabilities [B, C, P, T], or their logits (for a likelihood loss, as the autoencoders use)."""
         if self.project is not None:
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
-        return self.net(z)
+        return self.net[:-1](z) if logits else self.net(z)
 
 
 class Discriminator(nn.Module):
-    """Returns logits [B]; ``features=True`` also returns the flattened last conv features."""
+    """Returns logits [B] (or [B, outputs]); ``features=True`` also returns the flattened last conv features.
 
-    def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch"):
+    With ``outputs`` > 1 and the fc1 head it is the autoencoders' encoder.
+    """
+
+    def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch",
+                 outputs: int = 1):
         super().__init__()
+        self.outputs = outputs
         n = _doublings(spec)
         self.in_shape = spec.shape
         wrap = spectral_norm if norm == "spectral" else (lambda m: m)
@@ -85,15 +92,16 @@ class Discriminator(nn.Module):
         else:
             self.features = nn.Sequential(*[m for b in blocks for m in b])
             flat = width * (spec.pitches >> n) * (spec.steps >> n)  # d x 2 x 8 = 2048 at the reference size
-            fc = ([wrap(nn.Linear(flat, fc_dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(fc_dim, 1))] if head == "fc2"
-                  else [wrap(nn.Linear(flat, 1))])
+            fc = ([wrap(nn.Linear(flat, fc_dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(fc_dim, outputs))] if head == "fc2"
+                  else [wrap(nn.Linear(flat, outputs))])
             self.head = nn.Sequential(nn.Flatten(), *fc)
 
     def forward(self, x: torch.Tensor, features: bool = False):
         if x.shape[1:] != self.in_shape:
             raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
         h = self.features(x)
-        logits = self.head(h).view(-1)
+        logits = self.head(h)
+        logits = logits.view(-1) if self.outputs == 1 else logits
         return (logits, h.flatten(1)) if features else logits
 
 
@@ -115,7 +123,7 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def build_models(spec: RollSpec, cfg: ModelConfig) -> tuple[Generator, Discriminator]:
+def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim)
     d = Discriminator(spec, cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
     g.apply(init_weights)
@@ -123,5 +131,12 @@ def build_models(spec: RollSpec, cfg: ModelConfig) -> tuple[Generator, Discrimin
     return g, d
 
 
-def count_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+class DCGAN(GANFamily):
+    """The reference GAN: the networks above, trained by the shared adversarial step."""
+
+    name = "dcgan"
+
+    def __init__(self, spec: RollSpec, cfg):
+        super().__init__(spec, cfg)
+        G, D = build_models(spec, cfg.model)
+        self.modules = {"G": G, "D": D}

@@ -1,0 +1,118 @@
+"""What the GAN families (dcgan, lstm_gan) share: optimisers, the adversarial step, sampling from noise.
+
+A GAN family sets ``self.modules = {"G": ..., "D": ...}``; G has ``noise(batch, generator,
+device)`` and ``forward(z) -> probabilities [B, C, P, T]``; D has ``forward(x, features=False)
+-> logits [B]`` (and its features for feature matching).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss, gradient_penalty
+from .common import StepContext, batches, count_params, grad_norm
+
+
+def gan_step(ctx: StepContext, G, D, t) -> dict:
+    """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
+
+    Real and fake rolls go through D separately (the reference's batch-norm statistics), each
+    forward followed by its own backward, as DDP needs.
+    """
+    g_run, d_run = ctx.nets["G"], ctx.nets["D"]
+    opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
+    out = {}
+    for _ in range(t.d_steps):
+        real = ctx.real_batch()
+        with torch.no_grad(), ctx.autocast():
+            fake = g_run(G.noise(real.shape[0], ctx.generator, ctx.device)).float()
+        opt_d.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            real_logits = d_run(real).float()
+            loss_real = d_real_term(t.loss, real_logits, t.label_smoothing)
+        loss_real.backward()
+        with ctx.autocast():
+            fake_logits = d_run(fake.contiguous(memory_format=ctx.fmt)).float()
+            loss_fake = d_fake_term(t.loss, fake_logits)
+        loss_fake.backward()
+        loss_d = loss_real.detach() + loss_fake.detach()
+        if t.loss == "wgan-gp":
+            gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator)
+            gp.backward()
+            loss_d = loss_d + gp.detach()
+        if ctx.log_now:
+            out["GradNorm/D"] = grad_norm(D)  # of the last D step
+        opt_d.step()
+
+    opt_g.zero_grad(set_to_none=True)
+    D.requires_grad_(False)  # the G step needs gradients through D, not of D's weights
+    try:
+        with ctx.autocast():
+            fake = g_run(G.noise(t.batch_size, ctx.generator, ctx.device))
+            with ctx.no_sync("D"):
+                if t.feature_matching > 0:
+                    fake_logits_g, f_fake = d_run(fake.float().contiguous(memory_format=ctx.fmt), features=True)
+                    with torch.no_grad():  # the real side is a fixed target
+                        _, f_real = d_run(real, features=True)
+                else:
+                    fake_logits_g = d_run(fake.float().contiguous(memory_format=ctx.fmt))
+            loss_g = generator_loss(t.loss, fake_logits_g.float())
+            if t.feature_matching > 0:
+                loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
+        loss_g.backward()
+    finally:
+        D.requires_grad_(True)
+    if ctx.log_now:
+        out["GradNorm/G"] = grad_norm(G)
+    opt_g.step()
+    out["Loss/D"], out["Loss/G"] = loss_d, loss_g.detach()
+    if t.loss == "bce":  # probabilities only mean something for the BCE discriminator
+        out["D(x)"] = torch.sigmoid(real_logits.detach()).mean()
+        out["D(G(z))"] = torch.sigmoid(fake_logits.detach()).mean()
+    else:  # a critic's raw scores
+        out["Critic/real_mean"] = real_logits.detach().mean()
+        out["Critic/fake_mean"] = fake_logits.detach().mean()
+    return out
+
+
+class GANFamily:
+    """Shared behaviour of the GAN families; a subclass builds ``self.modules`` {"G", "D"}."""
+
+    ema_names = ("G",)  # sampling uses the generator's moving average
+    latent = "noise"  # --interpolate walks between two noise points
+    sample_options: dict = {}
+
+    def __init__(self, spec, cfg):
+        self.spec, self.cfg = spec, cfg
+        self.modules: dict[str, torch.nn.Module] = {}
+
+    def optimizers(self) -> dict:
+        t = self.cfg.train
+        return {"G": torch.optim.Adam(self.modules["G"].parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
+                "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
+
+    def train_step(self, ctx: StepContext) -> dict:
+        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train)
+
+    def describe(self) -> str:
+        return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"
+
+    def wants_real(self, **options) -> bool:
+        return False
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, *, nets=None, device="cpu", real=None,
+               batch: int = 64) -> torch.Tensor:
+        """Probabilities [n, C, P, T] on the CPU from noise drawn with ``generator`` (a CPU generator)."""
+        g = (nets or self.modules)["G"]
+        return torch.cat([g(g.noise(b - a, generator).to(device)).float().cpu() for a, b in batches(n, batch)])
+
+    @torch.no_grad()
+    def interpolate(self, k: int, generator: torch.Generator, *, nets=None, device="cpu", real=None) -> torch.Tensor:
+        """k rolls along the straight line between two noise points."""
+        g = (nets or self.modules)["G"]
+        a, b = g.noise(1, generator), g.noise(1, generator)
+        w = torch.linspace(0, 1, k).view(-1, *[1] * (a.dim() - 1))
+        return g(((1 - w) * a + w * b).to(device)).float().cpu()
+
+    def validate(self, windows: torch.Tensor, *, nets=None, device="cpu") -> dict:
+        return {}  # a GAN has no likelihood or reconstruction to report

@@ -1,0 +1,150 @@
+"""model.family=vae and ae: convolutional (variational) autoencoders over whole rolls.
+
+The encoder is the DCGAN discriminator's convolution stack with a linear head to the code
+(mean and log-variance for the VAE); the decoder is the DCGAN generator fed a flat code.
+The loss is the reconstruction's binary cross-entropy summed over the roll's cells (nats per
+window), plus for the VAE beta times the KL divergence from N(0, I). Sampling decodes codes
+drawn from N(0, I): the VAE's prior, and for the plain autoencoder the naive sampling of the
+tutorial it comes from (its codes are not fitted to any prior, which is what the VAE fixes).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..midi import match_notes, roll_to_notes
+from ..spec import RollSpec
+from .common import StepContext, batches, count_params, likelihood_update
+from .dcgan import Discriminator, Generator, init_weights
+
+
+class ConvAutoencoder(nn.Module):
+    def __init__(self, spec: RollSpec, width: int = 32, latent_dim: int = 64, variational: bool = True):
+        super().__init__()
+        self.latent_dim, self.variational = latent_dim, variational
+        outputs = 2 * latent_dim if variational else latent_dim
+        self.encoder = Discriminator(spec, width, head="fc1", norm="batch", outputs=outputs)  # [B, outputs]
+        self.decoder = Generator(spec, width, noise="flat", noise_dim=latent_dim)  # [B, C, P, T]
+        self.apply(init_weights)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, log-variance) of the code; the log-variance is None for the plain autoencoder."""
+        h = self.encoder(x)
+        if not self.variational:
+            return h, None
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)  # exp() stays finite
+
+    def decode(self, z: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        return self.decoder(z, logits=logits)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over the code, in nats."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+def note_f1(reference: np.ndarray, reconstruction: np.ndarray, spec: RollSpec) -> tuple[int, int, int]:
+    """(matched, reference, reconstructed) note counts over bool rolls [N, C, P, T]: notes match
+    when pitch, start and end are all equal. F1 = 2 matched / (reference + reconstructed)."""
+    matched = ref_n = rec_n = 0
+    for a, b in zip(reference, reconstruction):
+        na, nb = roll_to_notes(a, spec), roll_to_notes(b, spec)
+        matched += match_notes(na, nb)
+        ref_n, rec_n = ref_n + len(na), rec_n + len(nb)
+    return matched, ref_n, rec_n
+
+
+class Autoencoder:
+    """Both families: ``variational`` picks the VAE (cfg.model.family == "vae")."""
+
+    ema_names = ("model",)
+    latent = "codes"  # --interpolate walks between the codes of two real windows
+    sample_options: dict = {}
+
+    def __init__(self, spec: RollSpec, cfg):
+        self.spec, self.cfg = spec, cfg
+        self.name = cfg.model.family
+        self.variational = self.name == "vae"
+        self.modules = {"model": ConvAutoencoder(spec, cfg.model.width, cfg.model.latent_dim, self.variational)}
+
+    def optimizers(self) -> dict:
+        t = self.cfg.train
+        return {"model": torch.optim.Adam(self.modules["model"].parameters(), lr=t.lr, betas=(t.beta1, t.beta2))}
+
+    def describe(self) -> str:
+        m = self.modules["model"]
+        return (f"encoder {count_params(m.encoder) / 1e6:.2f}M, decoder {count_params(m.decoder) / 1e6:.2f}M "
+                f"parameters, code of {m.latent_dim}")
+
+    def beta_at(self, step: int) -> float:
+        m = self.cfg.model
+        return m.beta * min(1.0, step / m.beta_warmup) if m.beta_warmup else m.beta
+
+    def losses(self, model, x: torch.Tensor, autocast, generator=None, sample_code: bool = True):
+        """(reconstruction logits, reconstruction NLL per window, KL per window or None), means over the batch."""
+        with autocast():
+            mu, logvar = model.encode(x)
+            z = mu
+            if logvar is not None and sample_code:
+                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+                z = mu.float() + (0.5 * logvar.float()).exp() * eps
+            logits = model.decode(z, logits=True)
+        logits = logits.float()
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+        kl = kl_divergence(mu.float(), logvar.float()).mean() if logvar is not None else None
+        return logits, recon, kl
+
+    def train_step(self, ctx: StepContext) -> dict:
+        x = ctx.real_batch()
+        _, recon, kl = self.losses(ctx.nets["model"], x, ctx.autocast, ctx.generator)
+        loss = recon if kl is None else recon + self.beta_at(ctx.step) * kl
+        out = likelihood_update(ctx, loss, "model", self.cfg.train.grad_clip)
+        out["Loss/reconstruction"] = recon.detach()
+        if kl is not None:
+            out["Loss/KL"] = kl.detach()
+            out["Loss/total"] = loss.detach()
+        return out
+
+    @torch.no_grad()
+    def validate(self, windows: torch.Tensor, *, nets=None, device="cpu", batch: int = 128) -> dict:
+        """Reconstruction of validation windows from their code means: note F1 (threshold 0.5),
+        the reconstruction NLL per window and, for the VAE, the KL term per window."""
+        model = (nets or self.modules)["model"]
+        counts, recon_sum, kl_sum = np.zeros(3), 0.0, 0.0
+        for a, b in batches(len(windows), batch):
+            x = windows[a:b].to(device).float()
+            logits, recon, kl = self.losses(model, x, contextlib.nullcontext, sample_code=False)
+            counts += note_f1(x.cpu().numpy() > 0.5, (logits >= 0).cpu().numpy(), self.spec)
+            recon_sum += float(recon) * (b - a)
+            kl_sum += float(kl) * (b - a) if kl is not None else 0.0
+        n = max(len(windows), 1)
+        matched, ref_n, rec_n = counts
+        out = {"Val/recon_note_f1": 2 * matched / (ref_n + rec_n) if ref_n + rec_n else float("nan"),
+               "Val/recon_nll": recon_sum / n}
+        if self.variational:
+            out["Val/kl"] = kl_sum / n
+        return out
+
+    def wants_real(self, **_) -> bool:
+        return False
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, *, nets=None, device="cpu", real=None,
+               batch: int = 64) -> torch.Tensor:
+        """Probabilities [n, C, P, T] on the CPU, decoded from codes drawn from N(0, I)."""
+        model = (nets or self.modules)["model"]
+        return torch.cat([model.decode(torch.randn(b - a, model.latent_dim, generator=generator).to(device))
+                          .float().cpu() for a, b in batches(n, batch)])
+
+    @torch.no_grad()
+    def interpolate(self, k: int, generator: torch.Generator, *, nets=None, device="cpu", real=None) -> torch.Tensor:
+        """k rolls along the straight line between the code means of the two windows ``real`` [2, C, P, T]."""
+        model = (nets or self.modules)["model"]
+        mu, _ = model.encode(real[:2].to(device).float())
+        w = torch.linspace(0, 1, k, device=device)[:, None]
+        return model.decode((1 - w) * mu[:1] + w * mu[1:2]).float().cpu()
