@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     """Read and check a checkpoint; anything that is not one is a one-line UserError."""
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols of foreign files: we say why below
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None

@@ -268,7 +268,8 @@ def main(argv=None) -> int:
         source, family_name = str(path), family.name
         if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
             windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
-            validation = {"windows": len(windows), **family.validate(torch.from_numpy(windows))}
+            figures = family.validate(torch.from_numpy(windows))
+            validation = {"windows": len(windows), **figures} if figures else None
     else:
         if any(v is not None for v in (a.prime, a.temperature, a.top_p)):
             raise UserError("--prime, --temperature and --top-p sample a checkpoint; --midi files are scored as they are")

@@ -178,7 +178,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     t, device = cfg.train, env.device
     ckpt = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
     if ckpt and ckpt["family"] != cfg.model.family:
-        raise UserError(f"model.family: the checkpoint is a {ckpt['family']} run; a resumed run keeps its family")
+        raise UserError(f"model.family: the checkpoint is of family {ckpt['family']}; a resumed run keeps its family")
     root = Path(cfg.data.root)
     if env.main and root == DEFAULT_OUT and not (root / "manifest.json").exists():
         ensure_shards(root, RollSpec(onset=cfg.data.onset), log=log)

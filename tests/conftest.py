@@ -6,6 +6,10 @@ from pathlib import Path
 import mido
 import pytest
 
+from apollogan.cli import find_midi_files
+from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.spec import RollSpec
+
 REPO = Path(__file__).resolve().parent.parent
 NOTTINGHAM = REPO / "data" / "nottingham" / "full"
 
@@ -57,3 +61,12 @@ def midi_dir(tmp_path):
     for i in range(6):
         write_midi(d / f"tune{i}.mid", scale_tune(80 + 16 * i, base=55 + i))
     return d
+
+
+@pytest.fixture(scope="session")
+def chunks(tmp_path_factory):
+    """Shards of the first 40 bundled tunes, a window every 64 steps, 20% of the files for validation."""
+    out = tmp_path_factory.mktemp("chunks")
+    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64, val_fraction=0.2),
+               progress=False)
+    return out

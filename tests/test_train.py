@@ -19,14 +19,6 @@ from apollogan.train import BatchStream, train
 QUIET = dict(log=lambda *a, **k: None, progress=False)
 
 
-@pytest.fixture(scope="module")
-def chunks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chunks")
-    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64, val_fraction=0.2),
-               progress=False)
-    return out
-
-
 def tiny(tmp_path, chunks, *extra):
     return load_config(None, [f"data.root={chunks}", "model.width=4", "model.fc_dim=16", "train.batch_size=4",
                               "train.steps=6", "run.log_every=2", "run.sample_every=3", "run.checkpoint_every=3",

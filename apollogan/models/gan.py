@@ -12,11 +12,12 @@ from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss,
 from .common import StepContext, batches, count_params, grad_norm
 
 
-def gan_step(ctx: StepContext, G, D, t) -> dict:
+def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
-    forward followed by its own backward, as DDP needs.
+    forward followed by its own backward, as DDP needs. ``freeze_d``: D's weights need no
+    gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
@@ -44,7 +45,7 @@ def gan_step(ctx: StepContext, G, D, t) -> dict:
         opt_d.step()
 
     opt_g.zero_grad(set_to_none=True)
-    D.requires_grad_(False)  # the G step needs gradients through D, not of D's weights
+    D.requires_grad_(not freeze_d)  # the G step needs gradients through D, not of D's weights
     try:
         with ctx.autocast():
             fake = g_run(G.noise(t.batch_size, ctx.generator, ctx.device))
@@ -80,6 +81,7 @@ class GANFamily:
     ema_names = ("G",)  # sampling uses the generator's moving average
     latent = "noise"  # --interpolate walks between two noise points
     sample_options: dict = {}
+    freeze_d = True  # see gan_step
 
     def __init__(self, spec, cfg):
         self.spec, self.cfg = spec, cfg
@@ -91,7 +93,7 @@ class GANFamily:
                 "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
 
     def train_step(self, ctx: StepContext) -> dict:
-        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train)
+        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d)
 
     def describe(self) -> str:
         return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"
