@@ -68,7 +68,8 @@ def _upgrade(ckpt: dict) -> dict:
     """A first-release DCGAN checkpoint in the current layout."""
     out = {k: v for k, v in ckpt.items() if k not in ("G", "D", "G_ema", "opt_g", "opt_d")}
     out.update(format=FORMAT, version=VERSION, family="dcgan", modules={"G": ckpt["G"], "D": ckpt["D"]},
-               ema={"G": ckpt.get("G_ema", ckpt["G"])}, optimizers={"G": ckpt.get("opt_g"), "D": ckpt.get("opt_d")})
+               ema={"G": ckpt.get("G_ema", ckpt["G"])},
+               optimizers={k: ckpt[o] for k, o in (("G", "opt_g"), ("D", "opt_d")) if o in ckpt})
     for r in out.get("rng") or []:
         if isinstance(r, dict) and isinstance(r.get("numpy"), tuple):
             name, keys, *rest = r["numpy"]
@@ -98,12 +99,20 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         _check(_is_state_dict(ckpt["G"]) and _is_state_dict(ckpt.get("D")), path, "G or D is not a state dict")
         ckpt = _upgrade(ckpt)
     _check(ckpt.get("format") == FORMAT, path, "missing its format tag")
-    _check(ckpt.get("family") in FAMILY_CONFIGS, path, f"unknown model family {ckpt.get('family')!r}")
-    for part in ("modules", "ema"):
-        _check(isinstance(ckpt.get(part), dict) and all(_is_state_dict(v) for v in ckpt[part].values()), path,
+    family = ckpt.get("family")
+    _check(isinstance(family, str) and family in FAMILY_CONFIGS, path, f"unknown model family {family!r}")
+    for part in ("modules", "ema", "optimizers"):
+        _check(isinstance(ckpt.get(part), dict) and all(isinstance(v, dict) for v in ckpt[part].values()), path,
                f"{part} is not a mapping of state dicts")
-    _check(isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("spec"), dict), path, "no config or spec")
-    _check(isinstance(ckpt.get("step"), int), path, "no step")
+    for part in ("modules", "ema"):
+        _check(all(_is_state_dict(v) for v in ckpt[part].values()), path, f"{part} holds more than tensors")
+    _check(isinstance(ckpt.get("config"), dict), path, "no config")
+    try:
+        RollSpec.from_dict(ckpt.get("spec"))
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: not an apollogan checkpoint (its spec: {e})") from None
+    for key, typ in (("step", int), ("batches", int), ("run_name", str), ("rng", list)):
+        _check(isinstance(ckpt.get(key), typ), path, f"no {key}")
     return ckpt
 
 
@@ -140,11 +149,15 @@ def family_from_checkpoint(ckpt: dict, device="cpu", ema: bool = True):
     cfg, spec = config_of(ckpt), RollSpec.from_dict(ckpt["spec"])
     try:
         family = build_family(spec, cfg)
+    except ValueError as e:
+        raise UserError(f"checkpoint of run {ckpt['run_name']}: its rolls do not fit its {cfg.model.family} "
+                        f"config ({e})") from None
+    try:
         for name, module in family.modules.items():
             state = ckpt["ema"].get(name) if ema and name in ckpt["ema"] else ckpt["modules"][name]
             module.load_state_dict(state)
             module.to(device).eval()
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"checkpoint of run {ckpt.get('run_name', '?')}: its weights do not fit its "
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise UserError(f"checkpoint of run {ckpt['run_name']}: its weights do not fit its "
                         f"{cfg.model.family} config ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return family, spec, cfg

@@ -230,7 +230,7 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
         family = _layer_family(where, doc) or family
     for key, raw, _ in parsed:
         family = raw if key == "model.family" else family
-    if family not in FAMILY_CONFIGS:
+    if not isinstance(family, str) or family not in FAMILY_CONFIGS:
         raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILY_CONFIGS)}")
     cfg = Config(model=FAMILY_CONFIGS[family]())
     for where, doc in layers:
@@ -265,6 +265,9 @@ def validate(cfg: Config) -> None:
                 "run.sample_every", "run.checkpoint_every", "run.keep", "run.num_samples"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
+            raise UserError(f"{key}: must be at least 1")
+    for key in ("run.val_windows", "run.metrics_samples"):
+        if getattr(cfg.run, key.split(".")[1]) < 1:
             raise UserError(f"{key}: must be at least 1")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim"):
         if getattr(m, name, 1) < 1:

@@ -249,6 +249,8 @@ def main(argv=None) -> int:
 
     add_sampling_args(ap)
     a = ap.parse_args(argv)
+    if a.num < 1:
+        raise UserError("--num: must be at least 1")
     try:
         num, den = (int(v) for v in a.meter.split("/"))
     except ValueError:

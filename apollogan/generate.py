@@ -13,6 +13,7 @@ validation windows (vae, ae); the LSTM has no latent space to walk.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -48,8 +49,12 @@ def sampling_options(family, a) -> dict:
     steps = family.spec.steps
     if not 0 <= opts.get("prime", 0) < steps:
         raise UserError(f"--prime: must be in 0..{steps - 1} steps")
-    if opts.get("temperature", 1) < 0 or not 0 < opts.get("top_p", 1) <= 1:
-        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    temperature, top_p = opts.get("temperature", 1.0), opts.get("top_p", 1.0)
+    if not (math.isfinite(temperature) and temperature >= 0 and 0 < top_p <= 1):
+        raise UserError("--temperature must be a number >= 0 and --top-p in (0, 1]")
+    if temperature == 0 and top_p < 1:
+        raise UserError("--top-p: --temperature 0 draws nothing (each cell is on when p >= 0.5), so there is no "
+                        "tail to cut")
     return opts
 
 

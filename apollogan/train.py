@@ -209,12 +209,12 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 m.load_state_dict(ckpt["ema"][k])
             for k, o in opts.items():
                 o.load_state_dict(ckpt["optimizers"][k])
-        except (KeyError, RuntimeError, ValueError) as e:
+            if env.world == ckpt.get("world", 1) and len(ckpt["rng"]) == env.world:
+                set_rng_state(ckpt["rng"][env.rank], gen)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
             raise UserError(f"checkpoint does not fit its {cfg.model.family} config "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         step, batches, run_name = ckpt["step"], ckpt["batches"], ckpt["run_name"]
-        if env.world == ckpt.get("world", 1):
-            set_rng_state(ckpt["rng"][min(env.rank, len(ckpt["rng"]) - 1)], gen)
     else:
         run_name = next_run_name(cfg) if env.main else None
     if env.world > 1:
@@ -265,19 +265,22 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         sampling["real_stats"] = roll_stats(real_ref)
     sample_nets = {**family.modules, **ema}
 
-    def state() -> dict:
+    def state(gather: bool = True) -> dict:
         rngs = [rng_state(gen)]
         if env.world > 1:
             rngs = [None] * env.world
-            dist.all_gather_object(rngs, rng_state(gen))
+            if gather:
+                dist.all_gather_object(rngs, rng_state(gen))
+            else:
+                rngs = []  # the other ranks' states are out of reach: a resume starts their RNGs afresh
         return {"family": family.name, "modules": {k: m.state_dict() for k, m in family.modules.items()},
                 "ema": {k: m.state_dict() for k, m in ema.items()},
                 "optimizers": {k: o.state_dict() for k, o in opts.items()}, "step": step, "batches": batches,
                 "rng": rngs, "world": env.world, "config": cfg.to_dict(), "spec": spec.to_dict(),
                 "run_name": run_name, "apollogan": __version__}
 
-    def save():
-        s = state()  # every rank joins the RNG gather
+    def save(gather: bool = True):
+        s = state(gather)  # every rank joins the RNG gather
         if env.main:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
 
@@ -348,8 +351,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 save()
     except KeyboardInterrupt:
         bar.close()
+        # Ranks may be interrupted at different points, so no collective here: under DDP rank 0 saves
+        # its own copy of the (synchronised) weights, judged finite by its own losses.
         if int(first_bad) < 0:
-            save()
+            save(gather=env.world == 1)
             log(f"interrupted at step {step}; saved {ckpt_dir / 'last.pt'} - resume with --resume {run_name}")
         raise
     except NonFiniteLoss as e:

@@ -43,8 +43,17 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path):
     assert not marker.exists()
 
 
+GOOD = {"format": "apollogan-checkpoint", "family": "dcgan", "modules": {}, "ema": {}, "optimizers": {},
+        "config": {}, "spec": {}, "step": 1, "batches": 1, "run_name": "r", "rng": []}
+
+
 @pytest.mark.parametrize("content, msg", [([1, 2], "not a dict"), ({"G": 1, "D": 2}, "G or D is not a state dict"),
-                                          ({"x": torch.zeros(1)}, "missing its format tag")])
+                                          ({"x": torch.zeros(1)}, "missing its format tag"),
+                                          ({**GOOD, "family": ["dcgan"]}, "unknown model family"),
+                                          ({**GOOD, "spec": {"bogus": 1}}, "its spec: unknown spec keys"),
+                                          ({**GOOD, "spec": {"pitches": "x"}}, "its spec"),
+                                          ({**GOOD, "ema": {"G": {"w": 1}}}, "ema holds more than tensors"),
+                                          ({**GOOD, "batches": None}, "no batches")])
 def test_plain_files_that_are_no_checkpoint_are_named(tmp_path, content, msg):
     torch.save(content, tmp_path / "f.pt")
     with pytest.raises(UserError, match=msg):
@@ -99,3 +108,24 @@ def test_ddp_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path, chunks):
     assert r.returncode != 0
     assert r.stderr.count("error: non-finite loss at step 3") == 2, r.stderr[-3000:]  # both ranks, same step
     assert load_checkpoint(tmp_path / "ckpt" / "ddp-001" / "last.pt")["step"] == 2
+
+
+def _cpu_of_the_fixture() -> bool:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "AMD EPYC" in info and "avx512_bf16" in info and "amx" not in info and torch.__version__.startswith("2.15")
+
+
+@pytest.mark.skipif(not _cpu_of_the_fixture(), reason="the fixture's arithmetic (bf16 autocast) was done on an AMD "
+                                                      "EPYC with AVX512-BF16 and torch 2.15; other kernels round otherwise")
+def test_the_dcgan_trains_bit_identically_to_the_first_release(tmp_path, chunks):
+    """The model-families loop replays the first release's 6 steps exactly: same weights, same moving average."""
+    raw = torch.load(LEGACY, weights_only=False)
+    cfg = load_config(None, [f"data.root={chunks}", f"run.runs_dir={tmp_path}/runs",
+                             f"run.checkpoints_dir={tmp_path}/ckpt"], base=raw["config"])
+    new = load_checkpoint(train(cfg, log=lambda *a, **k: None, progress=False)["checkpoint"])
+    for old, part, name in (("G", "modules", "G"), ("D", "modules", "D"), ("G_ema", "ema", "G")):
+        for k, v in raw[old].items():
+            assert torch.equal(v, new[part][name][k]), (old, k)

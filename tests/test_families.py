@@ -57,6 +57,7 @@ def test_family_trains_resumes_bit_exactly_and_samples_to_midi(tmp_path, chunks,
         for name, sd in a[part].items():
             for k in sd:
                 assert torch.equal(sd[k], b[part][name][k]), (part, name, k)
+    torch.manual_seed(0)  # the loop builds the networks from train.seed (0 here)
     fresh = build_family(RollSpec(), load_config(base=a["config"]))
     moved = [k for k, v in fresh.modules[module].state_dict().items() if v.is_floating_point()
              and not torch.equal(v, a["modules"][module][k])]
@@ -67,6 +68,8 @@ def test_family_trains_resumes_bit_exactly_and_samples_to_midi(tmp_path, chunks,
         assert 0 < straight["Val/nll_per_frame"] < 64 * math.log(2) + 1 and 0 <= straight["Val/frame_accuracy"] <= 1
     if family in ("vae", "ae"):
         assert 0 <= straight["Val/recon_note_f1"] <= 1 and ("Val/kl" in straight) == (family == "vae")
+        code = a["modules"]["model"]["encoder.head.1.weight"].shape[0]  # mean and log-variance, or the code
+        assert code == (16 if family == "vae" else 8)
 
     from apollogan.generate import main as generate
 
@@ -218,7 +221,8 @@ def test_family_from_checkpoint_uses_the_moving_average_unless_raw(tmp_path, chu
     assert not fam.modules["model"].training
 
 
-def test_two_process_ddp_trains_a_likelihood_family(tmp_path, chunks):
+@pytest.mark.parametrize("family", ["lstm", "vae"])
+def test_two_process_ddp_trains_a_likelihood_family(tmp_path, chunks, family):
     import os
     import subprocess
     import sys
@@ -226,7 +230,7 @@ def test_two_process_ddp_trains_a_likelihood_family(tmp_path, chunks):
     from conftest import REPO
 
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
-                        "-m", "apollogan.train", "model.family=lstm", *TINY["lstm"], f"data.root={chunks}",
+                        "-m", "apollogan.train", f"model.family={family}", *TINY[family], f"data.root={chunks}",
                         "train.batch_size=4", "train.steps=4", "run.log_every=2", "run.sample_every=4",
                         "run.checkpoint_every=4", "run.val_windows=8", "run.metrics_samples=4",
                         f"run.runs_dir={tmp_path}/runs", f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=ddp"],
@@ -234,4 +238,30 @@ def test_two_process_ddp_trains_a_likelihood_family(tmp_path, chunks):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "ckpt" / "ddp-001" / "last.pt")
-    assert ck["family"] == "lstm" and ck["step"] == 4 and ck["world"] == 2 and len(ck["rng"]) == 2
+    assert ck["family"] == family and ck["step"] == 4 and ck["world"] == 2 and len(ck["rng"]) == 2
+
+
+@pytest.mark.parametrize("loss", [["train.loss=hinge"], ["train.loss=wgan-gp", "train.d_steps=2"]])
+def test_lstm_gan_trains_with_the_critic_losses(tmp_path, chunks, loss):
+    out = train(tiny(tmp_path, chunks, "lstm_gan", "train.steps=2", "run.log_every=1", *loss), **QUIET)
+    assert math.isfinite(out["Loss/D"]) and math.isfinite(out["Loss/G"])
+    assert "Critic/real_mean" in out and "D(x)" not in out  # a critic's scores are no probabilities
+
+
+def test_the_generator_step_leaves_d_weights_alone(chunks):
+    """D's weights get gradients from D's own step only; they are trainable again afterwards."""
+    from apollogan.models import StepContext
+
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY["dcgan"], "train.batch_size=4", "train.feature_matching=0.5"])
+    fam = build_family(RollSpec(), cfg)
+    D = fam.modules["D"]
+    calls = {}
+    for name, p in D.named_parameters():
+        p.register_hook(lambda g, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    real = (torch.rand(4, 1, 64, 256) < 0.06).float()
+    ctx = StepContext(nets=fam.modules, optimizers=fam.optimizers(), real_batch=lambda: real,
+                      generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    fam.train_step(ctx)
+    assert calls and set(calls.values()) == {2}  # the real and the fake backward of the D step, nothing more
+    assert all(p.requires_grad for p in D.parameters())

@@ -6,18 +6,21 @@ device)`` and ``forward(z) -> probabilities [B, C, P, T]``; D has ``forward(x, f
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss, gradient_penalty
 from .common import StepContext, batches, count_params, grad_norm
 
 
-def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True) -> dict:
+def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
     forward followed by its own backward, as DDP needs. ``freeze_d``: D's weights need no
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
+    ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
@@ -37,8 +40,9 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True) -> dict:
         loss_fake.backward()
         loss_d = loss_real.detach() + loss_fake.detach()
         if t.loss == "wgan-gp":
-            gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator)
-            gp.backward()
+            with penalty_context():
+                gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator)
+                gp.backward()
             loss_d = loss_d + gp.detach()
         if ctx.log_now:
             out["GradNorm/D"] = grad_norm(D)  # of the last D step
@@ -82,6 +86,7 @@ class GANFamily:
     latent = "noise"  # --interpolate walks between two noise points
     sample_options: dict = {}
     freeze_d = True  # see gan_step
+    penalty_context = staticmethod(contextlib.nullcontext)  # see gan_step
 
     def __init__(self, spec, cfg):
         self.spec, self.cfg = spec, cfg
@@ -93,7 +98,7 @@ class GANFamily:
                 "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
 
     def train_step(self, ctx: StepContext) -> dict:
-        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d)
+        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context)
 
     def describe(self) -> str:
         return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"

@@ -50,8 +50,14 @@ class LSTMDiscriminator(nn.Module):
         return (logits, h.mean(dim=1)) if features else logits
 
 
+def _no_cudnn():
+    """cuDNN's LSTM has no double backward, which WGAN-GP's penalty needs; the native LSTM has."""
+    return torch.backends.cudnn.flags(enabled=False)
+
+
 class LSTMGAN(GANFamily):
     name = "lstm_gan"
+    penalty_context = staticmethod(_no_cudnn)
 
     def __init__(self, spec: RollSpec, cfg):
         super().__init__(spec, cfg)

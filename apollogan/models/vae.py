@@ -42,6 +42,13 @@ class ConvAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor, logits: bool = False) -> torch.Tensor:
         return self.decoder(z, logits=logits)
 
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """(reconstruction logits, code mean, log-variance or None); the code is mean + std x ``eps`` when
+        ``eps`` is given (the VAE in training), else the mean. One call, so DDP and compile wrap it whole."""
+        mu, logvar = self.encode(x)
+        z = mu if eps is None or logvar is None else mu.float() + (0.5 * logvar.float()).exp() * eps
+        return self.decode(z, logits=True), mu, logvar
+
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over the code, in nats."""
@@ -85,15 +92,12 @@ class Autoencoder:
         m = self.cfg.model
         return m.beta * min(1.0, step / m.beta_warmup) if m.beta_warmup else m.beta
 
-    def losses(self, model, x: torch.Tensor, autocast, generator=None, sample_code: bool = True):
-        """(reconstruction logits, reconstruction NLL per window, KL per window or None), means over the batch."""
+    def losses(self, model, x: torch.Tensor, autocast, eps: torch.Tensor | None = None):
+        """(reconstruction logits, reconstruction NLL per window, KL per window or None), means over the batch.
+
+        ``model`` may be a DDP or compiled wrapper: it is only called, never reached into."""
         with autocast():
-            mu, logvar = model.encode(x)
-            z = mu
-            if logvar is not None and sample_code:
-                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
-                z = mu.float() + (0.5 * logvar.float()).exp() * eps
-            logits = model.decode(z, logits=True)
+            logits, mu, logvar = model(x, eps)
         logits = logits.float()
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
         kl = kl_divergence(mu.float(), logvar.float()).mean() if logvar is not None else None
@@ -101,7 +105,9 @@ class Autoencoder:
 
     def train_step(self, ctx: StepContext) -> dict:
         x = ctx.real_batch()
-        _, recon, kl = self.losses(ctx.nets["model"], x, ctx.autocast, ctx.generator)
+        latent = self.cfg.model.latent_dim
+        eps = torch.randn(x.shape[0], latent, generator=ctx.generator, device=x.device) if self.variational else None
+        _, recon, kl = self.losses(ctx.nets["model"], x, ctx.autocast, eps)
         loss = recon if kl is None else recon + self.beta_at(ctx.step) * kl
         out = likelihood_update(ctx, loss, "model", self.cfg.train.grad_clip)
         out["Loss/reconstruction"] = recon.detach()
@@ -118,7 +124,7 @@ class Autoencoder:
         counts, recon_sum, kl_sum = np.zeros(3), 0.0, 0.0
         for a, b in batches(len(windows), batch):
             x = windows[a:b].to(device).float()
-            logits, recon, kl = self.losses(model, x, contextlib.nullcontext, sample_code=False)
+            logits, recon, kl = self.losses(model, x, contextlib.nullcontext)  # from the code means, fp32
             counts += note_f1(x.cpu().numpy() > 0.5, (logits >= 0).cpu().numpy(), self.spec)
             recon_sum += float(recon) * (b - a)
             kl_sum += float(kl) * (b - a) if kl is not None else 0.0
