@@ -38,9 +38,13 @@ def main(argv=None) -> int:
         raise UserError(f"the {a.split} split of {a.chunks} has no windows")
     rolls = shards.get(idx)
     a.out.mkdir(parents=True, exist_ok=True)
-    from .images import save_rolls_png  # torchvision import is slow; only when asked for
+    from .images import save_rolls_png
+    from .metrics import steps_per_bar
 
-    for i, roll in zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls):
+    draw = dict(low=shards.spec.low, steps_per_beat=shards.spec.steps_per_beat)
+    bars = steps_per_bar(shards.records["ts_num"][idx], shards.records["ts_den"][idx], shards.spec.steps_per_beat)
+
+    for i, roll, bar in zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls, bars):
         rec = {k: int(v[i]) for k, v in shards.records.items()}
         src = shards.source_of(i)
         mid = notes_to_midi(roll_to_notes(roll, shards.spec), shards.spec, tempo=src["tempo"],
@@ -48,11 +52,11 @@ def main(argv=None) -> int:
         stem = f"{a.split}-{i:06d}"
         save_midi(mid, a.out / f"{stem}.mid")
         if a.png:
-            save_rolls_png(roll[None], a.out / f"{stem}.png", nrow=1)
+            save_rolls_png(roll[None], a.out / f"{stem}.png", nrow=1, bar=bar, **draw)
         print(f"{stem}.mid  {src['path']} at step {rec['offset']}, transpose {rec['transpose']:+d}, "
               f"shift {rec['shift']:+d}, {rec['ts_num']}/{rec['ts_den']}")
     if a.png:
-        save_rolls_png(rolls, a.out / f"{a.split}-grid.png", nrow=4)
+        save_rolls_png(rolls, a.out / f"{a.split}-grid.png", nrow=4, bar=bars, **draw)
     print(f"wrote {len(idx)} MIDI files to {a.out}")
     return 0
 

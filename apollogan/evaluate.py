@@ -164,13 +164,18 @@ def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress:
 
 # --- putting it together ----------------------------------------------------------------------
 
-def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True) -> dict:
-    """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation."""
+def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
+                   per_roll: bool = False) -> dict:
+    """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation.
+
+    ``per_roll``: also the value of every metric for every roll, under "per_roll" (arrays, not JSON)."""
     val = ShardSet(root, "val")
     spec = val.spec
     gen = compute_metrics(rolls, spec.low, spec.steps_per_beat, bar)
     real = reference_metrics(root, "val", progress)
     result = {"samples": int(len(rolls)), "real_windows": int(len(val)), **compare(gen, real)}
+    if per_roll:
+        result["per_roll"] = {"generated": gen, "real": real}
     if memo:
         result["memorisation"] = memorisation(rolls[:, 0], ShardSet(root, "train", verify=False), progress=progress)
     return result

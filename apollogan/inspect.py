@@ -84,7 +84,11 @@ def main(argv=None) -> int:
 
         pick = np.sort(np.random.default_rng(a.seed).choice(len(shards), min(a.samples, len(shards)), replace=False))
         png = a.png or a.chunks / "inspect.png"
-        save_rolls_png(shards.get(pick), png, nrow=4)
+        from .metrics import steps_per_bar
+
+        spec = shards.spec
+        bars = steps_per_bar(shards.records["ts_num"][pick], shards.records["ts_den"][pick], spec.steps_per_beat)
+        save_rolls_png(shards.get(pick), png, nrow=4, bar=bars, low=spec.low, steps_per_beat=spec.steps_per_beat)
         print(f"sample rolls (train windows {pick.tolist()}): {png}")
     return 0
 

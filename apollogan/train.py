@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cli import UserError, run
 from .config import Config, load_config
 from .data import RollDataset
-from .metrics import TRAINING_STATS
+from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
 from .preprocess import DEFAULT_OUT, ensure_shards
 from .shards import ShardSet
@@ -134,6 +134,11 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
     random.setstate(state["python"])
+
+
+def drawing(spec: RollSpec) -> dict:
+    """What the roll pictures need to know of the spec: pitch labels and beat ticks."""
+    return {"low": spec.low, "steps_per_beat": spec.steps_per_beat}
 
 
 def roll_stats(rolls: np.ndarray) -> dict:
@@ -255,14 +260,22 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             log(f"run {run_name}: {family.name}, {family.describe()}, {len(data)} train windows of "
                 f"{list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, {env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
-        pick = np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False)
-        real_ref = data.shards.get(np.sort(pick))  # a sample of the corpus, not its first tunes
+        pick = np.sort(np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False))
+        real_ref = data.shards.get(pick)  # a sample of the corpus, not its first tunes
+        rec = data.shards.records
+        real_bars = steps_per_bar(rec["ts_num"][pick], rec["ts_den"][pick], spec.steps_per_beat)
         if not ckpt:
             from .images import roll_grid
+            from .preprocess import summary
 
-            writer.add_image("Real", roll_grid(real_ref[: cfg.run.num_samples]), 0)
+            n = cfg.run.num_samples
+            writer.add_image("Real", roll_grid(real_ref[:n], bar=real_bars[:n], **drawing(spec)), 0)
+            as_text = lambda x: "    " + x.replace("\n", "\n    ")  # noqa: E731 - markdown code block
+            writer.add_text("Run/config", as_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), 0)
+            writer.add_text("Run/spec", as_text(spec.describe()), 0)
+            writer.add_text("Run/data", as_text(f"{root}\n" + summary(data.shards.manifest)), 0)
         sampling = sampling_inputs(family, root, data.shards, cfg, log)
-        sampling["real_stats"] = roll_stats(real_ref)
+        sampling.update(real_stats=roll_stats(real_ref), real_ref=real_ref, real_bars=real_bars)
     sample_nets = {**family.modules, **ema}
 
     def state(gather: bool = True) -> dict:
@@ -393,11 +406,17 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
     from .images import roll_grid
     from .midi import notes_to_midi, roll_to_notes, save_midi
 
-    probs = family.sample(cfg.run.num_samples, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
-                          device=device, real=sampling["grid_real"], **family.sample_options)
-    writer.add_image("Samples/ema", roll_grid(probs), step)
-    rolls = (probs >= 0.5).numpy()
-    writer.add_image("Samples/ema_binary", roll_grid(torch.from_numpy(rolls).float()), step)
+    n = cfg.run.num_samples
+    probs = family.sample(n, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
+                          device=device, real=sampling["grid_real"], **family.sample_options).numpy()
+    draw, bar = drawing(spec), int(steps_per_bar(4, 4, spec.steps_per_beat))  # samples are scored in 4/4
+    writer.add_image("Samples/ema", roll_grid(probs, bar=bar, binary=False, **draw), step)
+    rolls = probs >= 0.5
+    writer.add_image("Samples/ema_binary", roll_grid(rolls, bar=bar, **draw), step)
+    real, real_bars = sampling["real_ref"][:n], sampling["real_bars"][:n]
+    pairs = np.stack([rolls[: len(real)], real.astype(bool)], 1).reshape(-1, *rolls.shape[1:])
+    writer.add_image("Samples/vs_real", roll_grid(pairs, nrow=2, bar=np.stack([np.full(len(real), bar), real_bars], 1)
+                                                   .reshape(-1), **draw), step)
     out = run_dir / "samples" / f"step-{step:07d}"
     for i, roll in enumerate(rolls[: max(cfg.run.audio_samples, 4)]):
         notes = roll_to_notes(roll, spec)
@@ -418,14 +437,17 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
     """The full metric set of samples against the cached real reference, memorisation, and the
     family's own validation figures (NLL, reconstruction), all of the moving-average model."""
     from .evaluate import evaluate_rolls
-    from .metrics import steps_per_bar
 
     rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999), nets=nets,
                           device=device, real=sampling["metrics_real"], **family.sample_options).numpy() >= 0.5
-    res = evaluate_rolls(rolls, root, steps_per_bar(4, 4, spec.steps_per_beat), progress=False)
+    res = evaluate_rolls(rolls, root, steps_per_bar(4, 4, spec.steps_per_beat), progress=False, per_roll=True)
     for name, row in res["metrics"].items():
         writer.add_scalar(f"Metrics/{name}/generated", row["generated_mean"], step)
         writer.add_scalar(f"Metrics/{name}/gap", row["gap"], step)
+        for side in ("generated", "real"):  # the distributions behind the means: a gap seen as two shapes
+            v = res["per_roll"][side][name]
+            if np.isfinite(v).any():
+                writer.add_histogram(f"Metrics/{name}/hist_{side}", v[np.isfinite(v)], step)
     writer.add_scalar("Metrics/overall", res["overall"], step)
     mem = res["memorisation"]
     for t in ("0.5", "0.8", "0.95"):

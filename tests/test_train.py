@@ -70,7 +70,8 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
 
     out = train(tiny(tmp_path, chunks, "run.metrics_every=4", "run.metrics_samples=8"), **QUIET)
     assert "Metrics/overall" in out and "Metrics/memorisation_above_0.8" in out
-    ev = EventAccumulator(out["run_dir"], size_guidance={"images": 0, "audio": 0, "scalars": 0})
+    ev = EventAccumulator(out["run_dir"], size_guidance={"images": 0, "audio": 0, "scalars": 0, "histograms": 0,
+                                                         "tensors": 0})
     ev.Reload()
     tags = ev.Tags()
     for s in ("Loss/D", "Loss/G", "D(x)", "D(G(z))", "GradNorm/D", "GradNorm/G", "LR/G", "LR/D",
@@ -80,7 +81,12 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
         assert s in tags["scalars"], s
     assert [e.step for e in ev.Scalars("Loss/D")] == [2, 4, 6]
     assert all(0 < e.value < 1e3 for tag in ("GradNorm/D", "GradNorm/G") for e in ev.Scalars(tag))
-    assert {"Real", "Samples/ema"} <= set(tags["images"])
+    assert {"Real", "Samples/ema", "Samples/ema_binary", "Samples/vs_real"} <= set(tags["images"])
+    for name in ("note_density", "pitches_used"):  # defined for every roll, empty ones too
+        for side in ("generated", "real"):
+            assert f"Metrics/{name}/hist_{side}" in tags["histograms"], (name, side)
+    text = {t for t in tags["tensors"] if t.startswith("Run/")}
+    assert {"Run/config/text_summary", "Run/spec/text_summary", "Run/data/text_summary"} <= text
     assert [e.step for e in ev.Images("Samples/ema")] == [3, 6]
     assert [e.step for e in ev.Scalars("Metrics/overall")] == [4, 6]  # run.metrics_every=4, and the end
     assert tags["audio"] == ["Audio/sample_0"] and [e.step for e in ev.Audio("Audio/sample_0")] == [3, 6]
