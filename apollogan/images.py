@@ -4,7 +4,8 @@ Pitch goes up and time to the right. Faint vertical lines mark bar lines (from t
 16 steps in 4/4 at 4 steps per beat, 12 in 6/8) and short ticks the beats; a faint line runs
 under every C, labelled with its octave (C4 = MIDI 60) where the image is tall enough.
 Binary rolls are two-tone, with onsets in a colour of their own when the roll has an onset
-channel; probabilities go through a colour map, so 0.4 and 0.6 differ. numpy and Pillow
+channel, and one colour per part when it has several parts (channels grouped part by part:
+sustain, then onset if any); probabilities go through a colour map, so 0.4 and 0.6 differ. numpy and Pillow
 only, so the data commands draw without importing torch.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ BEAT_TICK = (60, 60, 60)
 C_LINE = (28, 40, 90)
 NOTE = (235, 235, 235)
 ONSET = (255, 150, 40)
+PART_COLOURS = [NOTE, (90, 200, 255), (120, 230, 120), (255, 120, 200)]  # part 0 (melody), 1, 2, 3, then again
 PAD = (77, 77, 77)
 LABEL = (150, 160, 210)
 LABEL_WIDTH = 18  # pixels left of the roll for octave names
@@ -40,12 +42,16 @@ def is_binary(rolls: np.ndarray) -> bool:
 
 
 def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, bar: int = 16, x_scale: int = 1, y_scale: int = 2,
-              labels: bool = True, binary: bool | None = None) -> np.ndarray:
-    """One roll [C, P, T] (or [P, T]) -> RGB image uint8 [H, W, 3]; channel 0 sustain, channel 1 onsets."""
+              labels: bool = True, binary: bool | None = None, parts: int = 1) -> np.ndarray:
+    """One roll [C, P, T] (or [P, T]) -> RGB image uint8 [H, W, 3].
+
+    Channels come part by part, each part's sustain channel first and its onset channel next
+    when C = 2 x parts. Probabilities are drawn from the first part's sustain channel."""
     roll = np.asarray(roll)
     if roll.ndim == 2:
         roll = roll[None]
     binary = is_binary(roll) if binary is None else binary
+    per_part = roll.shape[0] // parts
     _, p, t = roll.shape
     sus = roll[0][::-1]  # highest pitch on top
     img = np.zeros((p, t, 3), np.uint8)
@@ -54,10 +60,14 @@ def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, bar: int = 16, x_
     beats = np.arange(0, t, steps_per_beat)
     bars = np.arange(bar, t, bar) if bar > 0 else np.array([], int)
     if binary:
-        on = sus > 0.5
-        img[on] = NOTE
-        if roll.shape[0] > 1:
-            img[roll[1][::-1] > 0.5] = ONSET
+        on = np.zeros((p, t), bool)
+        for k in range(parts):  # later parts drawn over earlier ones where they meet
+            part_on = roll[k * per_part][::-1] > 0.5
+            img[part_on] = PART_COLOURS[k % len(PART_COLOURS)]
+            if per_part > 1:
+                part_on = part_on | (roll[k * per_part + 1][::-1] > 0.5)
+                img[roll[k * per_part + 1][::-1] > 0.5] = ONSET
+            on |= part_on
     else:
         on = sus >= 0.02  # below that the guides show through
         img[on] = colour_map(sus[on])

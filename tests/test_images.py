@@ -73,3 +73,16 @@ def test_decode_and_generate_pictures_are_the_same_drawing(midi_dir, tmp_path):
     shards = ShardSet(tmp_path / "c")
     expected = draw_rolls(shards.get([1]), nrow=1, bar=16)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "train-000001.png").convert("RGB")), expected)
+
+
+def test_each_part_has_its_colour():
+    from apollogan.images import PART_COLOURS
+
+    roll = np.zeros((4, 64, 256), bool)  # two parts, each sustain + onset
+    roll[0, 50, 0:4] = roll[1, 50, 0] = True  # melody: MIDI 80
+    roll[2, 20, 0:8] = roll[3, 20, 0] = True  # accompaniment: MIDI 50
+    img = draw_roll(roll, parts=2, labels=False)
+    mel, acc = 2 * (63 - 50), 2 * (63 - 20)
+    assert np.all(img[mel, 2] == PART_COLOURS[0]) and np.all(img[acc, 2] == PART_COLOURS[1])
+    assert np.all(img[mel, 0] == ONSET) and np.all(img[acc, 0] == ONSET)
+    assert not np.array_equal(PART_COLOURS[0], PART_COLOURS[1])
