@@ -38,13 +38,12 @@ def main(argv=None) -> int:
         raise UserError(f"the {a.split} split of {a.chunks} has no windows")
     rolls = shards.get(idx)
     a.out.mkdir(parents=True, exist_ok=True)
-    from .images import save_rolls_png
-    from .metrics import steps_per_bar
+    from .images import save_rolls_png, window_look
 
     draw = dict(low=shards.spec.low, steps_per_beat=shards.spec.steps_per_beat)
-    bars = steps_per_bar(shards.records["ts_num"][idx], shards.records["ts_den"][idx], shards.spec.steps_per_beat)
+    look = window_look(shards.records, idx)  # each window's meter and shift from its bar line
 
-    for i, roll, bar in zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls, bars):
+    for j, (i, roll) in enumerate(zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls)):
         rec = {k: int(v[i]) for k, v in shards.records.items()}
         src = shards.source_of(i)
         mid = notes_to_midi(roll_to_notes(roll, shards.spec), shards.spec, tempo=src["tempo"],
@@ -52,11 +51,12 @@ def main(argv=None) -> int:
         stem = f"{a.split}-{i:06d}"
         save_midi(mid, a.out / f"{stem}.mid")
         if a.png:
-            save_rolls_png(roll[None], a.out / f"{stem}.png", nrow=1, bar=bar, **draw)
+            save_rolls_png(roll[None], a.out / f"{stem}.png", nrow=1, meter=look["meter"][j], shift=look["shift"][j],
+                           **draw)
         print(f"{stem}.mid  {src['path']} at step {rec['offset']}, transpose {rec['transpose']:+d}, "
               f"shift {rec['shift']:+d}, {rec['ts_num']}/{rec['ts_den']}")
     if a.png:
-        save_rolls_png(rolls, a.out / f"{a.split}-grid.png", nrow=4, bar=bars, **draw)
+        save_rolls_png(rolls, a.out / f"{a.split}-grid.png", nrow=4, **look, **draw)
     print(f"wrote {len(idx)} MIDI files to {a.out}")
     return 0
 

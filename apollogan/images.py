@@ -1,12 +1,15 @@
 """Pictures of rolls a musician can read: one drawing for TensorBoard, generate/decode --png and inspect.
 
-Pitch goes up and time to the right. Faint vertical lines mark bar lines (from the meter:
-16 steps in 4/4 at 4 steps per beat, 12 in 6/8) and short ticks the beats; a faint line runs
-under every C, labelled with its octave (C4 = MIDI 60) where the image is tall enough.
-Binary rolls are two-tone, with onsets in a colour of their own when the roll has an onset
-channel, and one colour per part when it has several parts (channels grouped part by part:
-sustain, then onset if any); probabilities go through a colour map, so 0.4 and 0.6 differ. numpy and Pillow
-only, so the data commands draw without importing torch.
+Pitch goes up and time to the right. Faint vertical lines mark bar lines and short ticks the
+beats, both from the roll's meter (4/4 at 4 steps per beat: a bar of 16 steps, beats of 4;
+6/8: a bar of 12 steps, two dotted-quarter beats of 6) and from where its bars start (a
+training window shifted by S steps from a bar line has its first bar line at -S mod bar). A
+faint line runs under every C, labelled with its octave (C4 = MIDI 60) when a pitch is at
+least two pixels tall. Binary rolls are two-tone, with onsets in a colour of their own when
+the roll has an onset channel, and one colour per part when it has several parts (channels
+part by part: sustain, then onset if any); probabilities go through a colour map, so 0.4 and
+0.6 differ. A window's meter is the one in force at its start. numpy and Pillow only, so the
+data commands draw without importing torch.
 """
 from __future__ import annotations
 
@@ -37,38 +40,50 @@ def colour_map(p: np.ndarray) -> np.ndarray:
     return np.rint(COLOUR_MAP[i] * (1 - f) + COLOUR_MAP[i + 1] * f).astype(np.uint8)
 
 
+def meter_steps(numerator: int, denominator: int, steps_per_beat: int) -> tuple[int, int]:
+    """(bar, beat) in steps. A beat is the denominator's note, or three of them in a compound
+    meter (6/8, 9/8, 12/8, 6/4): 4/4 at 4 steps per quarter is (16, 4), 6/8 is (12, 6), 3/8 is (6, 2)."""
+    unit = steps_per_beat * 4 / denominator
+    bar = max(int(round(numerator * unit)), 1)
+    compound = numerator % 3 == 0 and numerator > 3
+    return bar, max(int(round(unit * (3 if compound else 1))), 1)
+
+
 def is_binary(rolls: np.ndarray) -> bool:
     return rolls.dtype == bool or bool(np.isin(rolls, (0, 1)).all())
 
 
-def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, bar: int = 16, x_scale: int = 1, y_scale: int = 2,
-              labels: bool = True, binary: bool | None = None, parts: int = 1) -> np.ndarray:
+def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, meter=(4, 4), shift: int = 0, x_scale: int = 1,
+              y_scale: int = 2, labels: bool = True, binary: bool | None = None, parts: int = 1) -> np.ndarray:
     """One roll [C, P, T] (or [P, T]) -> RGB image uint8 [H, W, 3].
 
-    Channels come part by part, each part's sustain channel first and its onset channel next
-    when C = 2 x parts. Probabilities are drawn from the first part's sustain channel."""
+    ``meter`` (numerator, denominator) and ``shift`` (the window starts ``shift`` steps after a
+    bar line) place bar lines and beat ticks. Channels come part by part, each part's sustain
+    channel first and its onset channel next when C = 2 x parts; probabilities are drawn from
+    the first part's sustain channel."""
     roll = np.asarray(roll)
     if roll.ndim == 2:
         roll = roll[None]
+    c, p, t = roll.shape
+    if parts < 1 or c % parts or c // parts not in (1, 2):
+        raise ValueError(f"a roll of {c} channels cannot hold {parts} part(s) of sustain (and onset) channels")
     binary = is_binary(roll) if binary is None else binary
-    per_part = roll.shape[0] // parts
-    _, p, t = roll.shape
-    sus = roll[0][::-1]  # highest pitch on top
+    per_part = c // parts
     img = np.zeros((p, t, 3), np.uint8)
     img[:] = BACKGROUND
-    pitch = low + np.arange(p)[::-1]  # MIDI pitch of each image row
-    beats = np.arange(0, t, steps_per_beat)
-    bars = np.arange(bar, t, bar) if bar > 0 else np.array([], int)
+    pitch = low + np.arange(p)[::-1]  # MIDI pitch of each image row, highest on top
     if binary:
         on = np.zeros((p, t), bool)
         for k in range(parts):  # later parts drawn over earlier ones where they meet
             part_on = roll[k * per_part][::-1] > 0.5
             img[part_on] = PART_COLOURS[k % len(PART_COLOURS)]
             if per_part > 1:
-                part_on = part_on | (roll[k * per_part + 1][::-1] > 0.5)
-                img[roll[k * per_part + 1][::-1] > 0.5] = ONSET
+                struck = roll[k * per_part + 1][::-1] > 0.5
+                img[struck] = ONSET
+                part_on |= struck
             on |= part_on
     else:
+        sus = roll[0][::-1]
         on = sus >= 0.02  # below that the guides show through
         img[on] = colour_map(sus[on])
     img = img.repeat(y_scale, axis=0).repeat(x_scale, axis=1)
@@ -76,15 +91,18 @@ def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, bar: int = 16, x_
     for r in np.nonzero(pitch % 12 == 0)[0]:  # a line under every C: the lowest pixel line of its row
         y = (r + 1) * y_scale - 1
         img[y, ~on[y]] = C_LINE
-    for b in bars:
-        col = img[:, b * x_scale]
-        col[~on[:, b * x_scale]] = BAR_LINE
-    for b in beats[1:]:
-        if b % bar:
+    bar, beat = meter_steps(*meter, steps_per_beat)
+    first = (-shift) % bar  # the window's first bar line
+    for b in range(first, t, bar):
+        if b:
+            col = img[:, b * x_scale]
+            col[~on[:, b * x_scale]] = BAR_LINE
+    for b in range(first % beat, t, beat):
+        if b and (b - first) % bar:
             for rows in (slice(0, TICK), slice(img.shape[0] - TICK, None)):
                 seg = img[rows, b * x_scale]
                 seg[~on[rows, b * x_scale]] = BEAT_TICK
-    if labels and y_scale * 12 >= 12:
+    if labels and y_scale >= 2:
         img = _label_octaves(img, pitch, y_scale)
     return img
 
@@ -98,14 +116,19 @@ def _label_octaves(img: np.ndarray, pitch: np.ndarray, y_scale: int) -> np.ndarr
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
     for r in np.nonzero(pitch % 12 == 0)[0]:
-        y = (r + 1) * y_scale - 1 - 8  # text ends on the C line
-        if y >= 0:
-            draw.text((1, y), f"C{pitch[r] // 12 - 1}", fill=LABEL)
+        text = f"C{pitch[r] // 12 - 1}"
+        _, top, _, bottom = draw.textbbox((0, 0), text)
+        line = (r + 1) * y_scale - 1
+        y = line - bottom  # the ink ends just above the C line
+        if y + top >= 0:
+            draw.text((1, y), text, fill=LABEL)
     return np.asarray(canvas)
 
 
 def grid(images: list[np.ndarray], nrow: int = 4, pad: int = 2) -> np.ndarray:
     """Images [H, W, 3] of one size -> one image, ``nrow`` to a row, with a grey border."""
+    if not images:
+        raise ValueError("no rolls to draw")
     h, w, _ = images[0].shape
     rows = -(-len(images) // nrow)
     cols = min(nrow, len(images))
@@ -117,12 +140,24 @@ def grid(images: list[np.ndarray], nrow: int = 4, pad: int = 2) -> np.ndarray:
     return out
 
 
-def draw_rolls(rolls, nrow: int = 4, *, bar=16, binary: bool | None = None, **kw) -> np.ndarray:
-    """Rolls [N, C, P, T] -> a grid image uint8 [H, W, 3]; ``bar`` steps per bar, one for all or one per roll."""
+def draw_rolls(rolls, nrow: int = 4, *, meter=(4, 4), shift=0, binary: bool | None = None, **kw) -> np.ndarray:
+    """Rolls [N, C, P, T] -> a grid image uint8 [H, W, 3]. ``meter`` is one (numerator, denominator)
+    for all rolls or one per roll ([N, 2]); ``shift`` one for all or one per roll."""
     rolls = np.asarray(rolls.detach().cpu() if hasattr(rolls, "detach") else rolls)
     binary = is_binary(rolls) if binary is None else binary
-    bars = np.broadcast_to(np.asarray(bar), (len(rolls),))
-    return grid([draw_roll(r, bar=int(b), binary=binary, **kw) for r, b in zip(rolls, bars)], nrow)
+    meters = np.asarray(meter, int).reshape(-1, 2)
+    meters = np.broadcast_to(meters, (len(rolls), 2)) if len(meters) == 1 else meters
+    shifts = np.broadcast_to(np.asarray(shift, int), (len(rolls),))
+    if len(meters) != len(rolls):
+        raise ValueError(f"{len(meters)} meters for {len(rolls)} rolls")
+    return grid([draw_roll(r, meter=tuple(m), shift=int(s), binary=binary, **kw)
+                 for r, m, s in zip(rolls, meters, shifts)], nrow)
+
+
+def window_look(records: dict, idx) -> dict:
+    """The meter and shift of shard windows ``idx``, as draw_rolls takes them."""
+    idx = np.asarray(idx)
+    return {"meter": np.stack([records["ts_num"][idx], records["ts_den"][idx]], 1), "shift": records["shift"][idx]}
 
 
 def roll_grid(rolls, nrow: int = 4, **kw) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cli import run
+from .cli import UserError, run
 from .shards import SPLITS, ShardSet
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -76,19 +76,19 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=16, help="rolls in the grid (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="which windows are pictured (default %(default)s)")
     a = ap.parse_args(argv)
+    if a.samples < 0:
+        raise UserError("--samples: must be 0 (no picture) or more")
     text, _ = report(a.chunks)
     print(text)
     shards = ShardSet(a.chunks, "train", verify=False)
-    if len(shards):
-        from .images import save_rolls_png
+    if len(shards) and a.samples:
+        from .images import save_rolls_png, window_look
 
         pick = np.sort(np.random.default_rng(a.seed).choice(len(shards), min(a.samples, len(shards)), replace=False))
         png = a.png or a.chunks / "inspect.png"
-        from .metrics import steps_per_bar
-
         spec = shards.spec
-        bars = steps_per_bar(shards.records["ts_num"][pick], shards.records["ts_den"][pick], spec.steps_per_beat)
-        save_rolls_png(shards.get(pick), png, nrow=4, bar=bars, low=spec.low, steps_per_beat=spec.steps_per_beat)
+        save_rolls_png(shards.get(pick), png, nrow=4, low=spec.low, steps_per_beat=spec.steps_per_beat,
+                       **window_look(shards.records, pick))
         print(f"sample rolls (train windows {pick.tolist()}): {png}")
     return 0
 

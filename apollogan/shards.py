@@ -147,13 +147,20 @@ class ShardSet:
         c, p, t = self.spec.shape
         return np.unpackbits(packed, axis=1, count=c * p * t).reshape(-1, c, p, t)
 
-    def pick(self, n: int, seed: int) -> np.ndarray:
-        """``n`` windows chosen with ``seed`` (without repeats while the split has enough), uint8 [n, C, P, T]."""
+    def pick_indices(self, n: int, seed: int) -> np.ndarray:
+        """``n`` window indices chosen with ``seed``, without repeats while the split has enough."""
         if len(self) == 0:
             raise UserError(f"{self.root}: the {self.split} split has no windows")
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(len(self), n, replace=n > len(self))
-        return self.get(np.sort(idx))[np.argsort(np.argsort(idx))]  # read in file order, return in drawn order
+        return np.random.default_rng(seed).choice(len(self), n, replace=n > len(self))
+
+    def get_in_order(self, idx) -> np.ndarray:
+        """Windows ``idx`` in the order given, read in file order."""
+        idx = np.asarray(idx)
+        return self.get(np.sort(idx))[np.argsort(np.argsort(idx))]
+
+    def pick(self, n: int, seed: int) -> np.ndarray:
+        """``n`` windows chosen with ``seed`` (see pick_indices), uint8 [n, C, P, T]."""
+        return self.get_in_order(self.pick_indices(n, seed))
 
     def source_of(self, i: int) -> dict:
         return self.sources[int(self.records["source"][i])]

@@ -34,6 +34,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cli import UserError, run
 from .config import Config, load_config
 from .data import RollDataset
+from .images import roll_grid, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
 from .preprocess import DEFAULT_OUT, ensure_shards
@@ -134,6 +135,11 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
     random.setstate(state["python"])
+
+
+def look_of(look: dict, n: int) -> dict:
+    """The meters and shifts of the first ``n`` pictured windows."""
+    return {k: v[:n] for k, v in look.items()}
 
 
 def drawing(spec: RollSpec) -> dict:
@@ -260,22 +266,20 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             log(f"run {run_name}: {family.name}, {family.describe()}, {len(data)} train windows of "
                 f"{list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, {env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
-        pick = np.sort(np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False))
-        real_ref = data.shards.get(pick)  # a sample of the corpus, not its first tunes
-        rec = data.shards.records
-        real_bars = steps_per_bar(rec["ts_num"][pick], rec["ts_den"][pick], spec.steps_per_beat)
+        pick = np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False)
+        real_ref = data.shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
+        real_look = window_look(data.shards.records, pick)
         if not ckpt:
-            from .images import roll_grid
             from .preprocess import summary
 
             n = cfg.run.num_samples
-            writer.add_image("Real", roll_grid(real_ref[:n], bar=real_bars[:n], **drawing(spec)), 0)
+            writer.add_image("Real", roll_grid(real_ref[:n], **look_of(real_look, n), **drawing(spec)), 0)
             as_text = lambda x: "    " + x.replace("\n", "\n    ")  # noqa: E731 - markdown code block
             writer.add_text("Run/config", as_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), 0)
             writer.add_text("Run/spec", as_text(spec.describe()), 0)
             writer.add_text("Run/data", as_text(f"{root}\n" + summary(data.shards.manifest)), 0)
         sampling = sampling_inputs(family, root, data.shards, cfg, log)
-        sampling.update(real_stats=roll_stats(real_ref), real_ref=real_ref, real_bars=real_bars)
+        sampling.update(real_stats=roll_stats(real_ref), real_ref=real_ref, real_look=real_look)
     sample_nets = {**family.modules, **ema}
 
     def state(gather: bool = True) -> dict:
@@ -394,7 +398,10 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
 
     def pick(n, offset):
         return torch.from_numpy(source.pick(n, seed + offset)) if wants else None
-    return {"has_val": has_val, "grid_real": pick(r.num_samples, 12345), "metrics_real": pick(r.metrics_samples, 999),
+    grid = source.pick_indices(r.num_samples, seed + 12345) if wants else None
+    return {"has_val": has_val, "grid_real": torch.from_numpy(source.get_in_order(grid)) if wants else None,
+            "grid_look": window_look(source.records, grid) if wants else None,
+            "metrics_real": pick(r.metrics_samples, 999),
             "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
 
 
@@ -403,20 +410,28 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
                 device) -> dict:
     """Image grid, audio and MIDI of the moving-average model on fixed random draws; statistics against real data."""
     from .audio import render
-    from .images import roll_grid
     from .midi import notes_to_midi, roll_to_notes, save_midi
 
     n = cfg.run.num_samples
     probs = family.sample(n, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
                           device=device, real=sampling["grid_real"], **family.sample_options).numpy()
-    draw, bar = drawing(spec), int(steps_per_bar(4, 4, spec.steps_per_beat))  # samples are scored in 4/4
-    writer.add_image("Samples/ema", roll_grid(probs, bar=bar, binary=False, **draw), step)
+    draw = drawing(spec)
+    if sampling["grid_look"] is not None:  # primed samples continue real windows: beside them, in their meter
+        real, real_look = sampling["grid_real"].numpy(), sampling["grid_look"]
+        gen_look = real_look
+    else:  # free samples are scored in 4/4, beside a sample of the training windows
+        real, real_look = sampling["real_ref"][:n], look_of(sampling["real_look"], n)
+        gen_look = {"meter": np.tile((4, 4), (n, 1)), "shift": np.zeros(n, int)}
+    writer.add_image("Samples/ema", roll_grid(probs, binary=False, **gen_look, **draw), step)
     rolls = probs >= 0.5
-    writer.add_image("Samples/ema_binary", roll_grid(rolls, bar=bar, **draw), step)
-    real, real_bars = sampling["real_ref"][:n], sampling["real_bars"][:n]
-    pairs = np.stack([rolls[: len(real)], real.astype(bool)], 1).reshape(-1, *rolls.shape[1:])
-    writer.add_image("Samples/vs_real", roll_grid(pairs, nrow=2, bar=np.stack([np.full(len(real), bar), real_bars], 1)
-                                                   .reshape(-1), **draw), step)
+    writer.add_image("Samples/ema_binary", roll_grid(rolls, **gen_look, **draw), step)
+    k = min(len(real), len(rolls))
+
+    def pairs(a, b):  # generated i, then real i
+        return np.stack([np.asarray(a)[:k], np.asarray(b)[:k]], 1).reshape(-1, *np.shape(a)[1:])
+    both = {key: pairs(gen_look[key], real_look[key]) for key in ("meter", "shift")}
+    pairs_rolls = pairs(rolls, real.astype(bool))
+    writer.add_image("Samples/vs_real", roll_grid(pairs_rolls, nrow=2, **both, **draw), step)
     out = run_dir / "samples" / f"step-{step:07d}"
     for i, roll in enumerate(rolls[: max(cfg.run.audio_samples, 4)]):
         notes = roll_to_notes(roll, spec)
