@@ -262,12 +262,10 @@ def _field_type(cfg: Config, key: str):
 def validate(cfg: Config) -> None:
     t, m = cfg.train, cfg.model
     for key in ("train.steps", "train.batch_size", "train.d_steps", "run.log_every",
-                "run.sample_every", "run.checkpoint_every", "run.keep", "run.num_samples"):
+                "run.sample_every", "run.checkpoint_every", "run.keep", "run.num_samples", "run.metrics_samples",
+                "run.val_windows"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
-            raise UserError(f"{key}: must be at least 1")
-    for key in ("run.val_windows", "run.metrics_samples"):
-        if getattr(cfg.run, key.split(".")[1]) < 1:
             raise UserError(f"{key}: must be at least 1")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim"):
         if getattr(m, name, 1) < 1:

@@ -38,9 +38,9 @@ def main(argv=None) -> int:
         raise UserError(f"the {a.split} split of {a.chunks} has no windows")
     rolls = shards.get(idx)
     a.out.mkdir(parents=True, exist_ok=True)
-    from .images import save_rolls_png, window_look
+    from .images import save_rolls_png, spec_look, window_look
 
-    draw = dict(low=shards.spec.low, steps_per_beat=shards.spec.steps_per_beat)
+    draw = spec_look(shards.spec)
     look = window_look(shards.records, idx)  # each window's meter and shift from its bar line
 
     for j, (i, roll) in enumerate(zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls)):

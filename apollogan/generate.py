@@ -122,9 +122,9 @@ def main(argv=None) -> int:
         save_midi(notes_to_midi(notes, spec, tempo=a.tempo, program=a.program, velocity=a.velocity,
                                 velocity_std=a.velocity_std, rng=rng), a.out / f"{stem}-{i:03d}.mid")
     if a.png:
-        from .images import save_rolls_png
+        from .images import save_rolls_png, spec_look
 
-        look = dict(low=spec.low, steps_per_beat=spec.steps_per_beat, meter=(4, 4))  # the files are written in 4/4
+        look = dict(spec_look(spec), meter=(4, 4))  # the files are written in 4/4
         for i, roll in enumerate(rolls):
             save_rolls_png(roll[None], a.out / f"{stem}-{i:03d}.png", nrow=1, **look)
         save_rolls_png(rolls, a.out / f"{stem}-grid.png", nrow=4, **look)

@@ -154,6 +154,11 @@ def draw_rolls(rolls, nrow: int = 4, *, meter=(4, 4), shift=0, binary: bool | No
                  for r, m, s in zip(rolls, meters, shifts)], nrow)
 
 
+def spec_look(spec) -> dict:
+    """What a picture needs of a RollSpec: the pitch of the lowest row and the steps of a beat."""
+    return {"low": spec.low, "steps_per_beat": spec.steps_per_beat}
+
+
 def window_look(records: dict, idx) -> dict:
     """The meter and shift of shard windows ``idx``, as draw_rolls takes them."""
     idx = np.asarray(idx)

@@ -82,13 +82,11 @@ def main(argv=None) -> int:
     print(text)
     shards = ShardSet(a.chunks, "train", verify=False)
     if len(shards) and a.samples:
-        from .images import save_rolls_png, window_look
+        from .images import save_rolls_png, spec_look, window_look
 
         pick = np.sort(np.random.default_rng(a.seed).choice(len(shards), min(a.samples, len(shards)), replace=False))
         png = a.png or a.chunks / "inspect.png"
-        spec = shards.spec
-        save_rolls_png(shards.get(pick), png, nrow=4, low=spec.low, steps_per_beat=spec.steps_per_beat,
-                       **window_look(shards.records, pick))
+        save_rolls_png(shards.get(pick), png, nrow=4, **spec_look(shards.spec), **window_look(shards.records, pick))
         print(f"sample rolls (train windows {pick.tolist()}): {png}")
     return 0
 

@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .cli import UserError, run
 from .config import Config, load_config
 from .data import RollDataset
-from .images import roll_grid, window_look
+from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
 from .preprocess import DEFAULT_OUT, ensure_shards
@@ -140,11 +140,6 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
 def look_of(look: dict, n: int) -> dict:
     """The meters and shifts of the first ``n`` pictured windows."""
     return {k: v[:n] for k, v in look.items()}
-
-
-def drawing(spec: RollSpec) -> dict:
-    """What the roll pictures need to know of the spec: pitch labels and beat ticks."""
-    return {"low": spec.low, "steps_per_beat": spec.steps_per_beat}
 
 
 def roll_stats(rolls: np.ndarray) -> dict:
@@ -273,7 +268,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             from .preprocess import summary
 
             n = cfg.run.num_samples
-            writer.add_image("Real", roll_grid(real_ref[:n], **look_of(real_look, n), **drawing(spec)), 0)
+            writer.add_image("Real", roll_grid(real_ref[:n], **look_of(real_look, n), **spec_look(spec)), 0)
             as_text = lambda x: "    " + x.replace("\n", "\n    ")  # noqa: E731 - markdown code block
             writer.add_text("Run/config", as_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), 0)
             writer.add_text("Run/spec", as_text(spec.describe()), 0)
@@ -393,16 +388,15 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
     has_val = len(val) > 0
     if not has_val:
         log(f"{root} has no validation windows: the metrics against real data are skipped")
-    source, seed, r = (val if has_val else train_shards), cfg.train.seed, cfg.run
-    wants = family.wants_real(**family.sample_options)
-
-    def pick(n, offset):
-        return torch.from_numpy(source.pick(n, seed + offset)) if wants else None
-    grid = source.pick_indices(r.num_samples, seed + 12345) if wants else None
-    return {"has_val": has_val, "grid_real": torch.from_numpy(source.get_in_order(grid)) if wants else None,
-            "grid_look": window_look(source.records, grid) if wants else None,
-            "metrics_real": pick(r.metrics_samples, 999),
-            "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
+    seed, r = cfg.train.seed, cfg.run
+    out = {"has_val": has_val, "grid_real": None, "grid_look": None, "metrics_real": None,
+           "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
+    if family.wants_real(**family.sample_options):  # the LSTM's primers
+        source = val if has_val else train_shards
+        grid = source.pick_indices(r.num_samples, seed + 12345)
+        out.update(grid_real=torch.from_numpy(source.get_in_order(grid)), grid_look=window_look(source.records, grid),
+                   metrics_real=torch.from_numpy(source.pick(r.metrics_samples, seed + 999)))
+    return out
 
 
 @torch.no_grad()
@@ -415,7 +409,7 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
     n = cfg.run.num_samples
     probs = family.sample(n, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
                           device=device, real=sampling["grid_real"], **family.sample_options).numpy()
-    draw = drawing(spec)
+    draw = spec_look(spec)
     if sampling["grid_look"] is not None:  # primed samples continue real windows: beside them, in their meter
         real, real_look = sampling["grid_real"].numpy(), sampling["grid_look"]
         gen_look = real_look

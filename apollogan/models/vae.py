@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..midi import match_notes, roll_to_notes
+from ..midi import note_bounds
 from ..spec import RollSpec
 from .common import StepContext, batches, count_params, likelihood_update
 from .dcgan import Discriminator, Generator, init_weights
@@ -55,15 +55,21 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
 
 
+def note_keys(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
+    """One integer per note of bool rolls [N, C, P, T], from (roll, pitch, start, end); notes as roll_to_notes
+    reads them (an onset inside a run starts a new note)."""
+    n, _, p, t = rolls.shape
+    start, last = note_bounds(rolls[:, 0], rolls[:, 1] if spec.onset and rolls.shape[1] > 1 else None)
+    r, pitch, s = np.nonzero(start)
+    _, _, e = np.nonzero(last)  # row-major order pairs each start with its own end
+    return ((r.astype(np.int64) * p + pitch) * t + s) * t + e
+
+
 def note_f1(reference: np.ndarray, reconstruction: np.ndarray, spec: RollSpec) -> tuple[int, int, int]:
     """(matched, reference, reconstructed) note counts over bool rolls [N, C, P, T]: notes match
     when pitch, start and end are all equal. F1 = 2 matched / (reference + reconstructed)."""
-    matched = ref_n = rec_n = 0
-    for a, b in zip(reference, reconstruction):
-        na, nb = roll_to_notes(a, spec), roll_to_notes(b, spec)
-        matched += match_notes(na, nb)
-        ref_n, rec_n = ref_n + len(na), rec_n + len(nb)
-    return matched, ref_n, rec_n
+    a, b = note_keys(reference, spec), note_keys(reconstruction, spec)
+    return len(np.intersect1d(a, b, assume_unique=True)), len(a), len(b)
 
 
 class Autoencoder:
