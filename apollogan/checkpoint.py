@@ -89,11 +89,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except IsADirectoryError:
         raise UserError(f"{path}: a folder, not a checkpoint file") from None
     except Exception as e:  # torn, foreign, or asking to run code: say so in one line
-        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        lines = str(e).splitlines() or [type(e).__name__]
+        blocked = [ln for ln in lines if "GLOBAL" in ln.upper() and "unsupported" in ln.lower()]
+        if blocked:  # the pickle names a function or class to call: never load it
             raise UserError(f"{path}: refused: it holds more than tensors and plain values, so loading it could "
-                            f"run code ({msg.split('.')[0]})") from None
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
+                            f"run code ({blocked[0].strip()[:160]})") from None
+        detail = next((ln.strip() for ln in lines if "Unsupported" in ln), lines[0])  # the unpickler's own reason
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail[:160]})") from None
     _check(isinstance(ckpt, dict), path, "not a dict")
     if "G" in ckpt and "modules" not in ckpt:
         _check(_is_state_dict(ckpt["G"]) and _is_state_dict(ckpt.get("D")), path, "G or D is not a state dict")

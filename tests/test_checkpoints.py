@@ -35,8 +35,12 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "last.pt"
     torch.save({"G": RunsCode(marker), "config": {}, "spec": {}}, bad)
-    with pytest.raises(UserError, match="refused: it holds more than tensors and plain values"):
+    with pytest.raises(UserError, match="refused: .* could run code .*GLOBAL posix.system"):
         load_checkpoint(bad)
+    text = tmp_path / "notes.pt"
+    text.write_text("garbage\n")  # unreadable, but asks for nothing to run: not called dangerous
+    with pytest.raises(UserError, match=r"not a readable checkpoint \(UnpicklingError: Unsupported operand"):
+        load_checkpoint(text)
     r = run_module("apollogan.generate", "--checkpoint", bad, "--out", tmp_path / "out")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"error: {bad}: refused")
