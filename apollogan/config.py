@@ -78,9 +78,24 @@ class LSTMGANConfig:
     bidirectional: bool = True  # discriminator reads the roll both ways
 
 
+@dataclass
+class CondGANConfig:
+    """model.family=cond_gan: a melody over given chords, MidiNet style (apollogan/models/cond_gan.py).
+
+    Needs shards with parts (preprocess --parts tracks or skyline)."""
+
+    family: str = "cond_gan"
+    width: int = 64  # d of the generator and the discriminator, as the DCGAN's
+    noise_channels: int = 7  # noise [7, 2, 8]
+    cond_width: int = 16  # channels of the conditioner's map at each of G's resolutions
+    d_head: str = "fc2"
+    fc_dim: int = 512
+    d_norm: str = "batch"
+
+
 FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae": VAEConfig,
-                  "lstm_gan": LSTMGANConfig}
-GAN_FAMILIES = ("dcgan", "lstm_gan")
+                  "lstm_gan": LSTMGANConfig, "cond_gan": CondGANConfig}
+GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
 # train keys that only one kind of family reads: setting them for the other kind is refused
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
@@ -127,7 +142,8 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: DCGANConfig | LSTMConfig | AEConfig | VAEConfig | LSTMGANConfig = field(default_factory=DCGANConfig)
+    model: DCGANConfig | LSTMConfig | AEConfig | VAEConfig | LSTMGANConfig | CondGANConfig = field(
+        default_factory=DCGANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -267,7 +283,8 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(f"{key}: must be at least 1")
-    for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim"):
+    for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim",
+                 "noise_channels", "cond_width"):
         if getattr(m, name, 1) < 1:
             raise UserError(f"model.{name}: must be at least 1")
     gan = m.family in GAN_FAMILIES

@@ -13,8 +13,21 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import UserError, run
-from .midi import notes_to_midi, roll_to_notes, save_midi
+from .midi import notes_to_midi, roll_to_parts, save_midi
 from .shards import ShardSet
+
+
+def check_programs(programs: list[int], spec) -> list[int]:
+    """--program: one for every part or one per part, each 0..127."""
+    if len(programs) not in (1, spec.parts) or not all(0 <= p <= 127 for p in programs):
+        raise UserError(f"--program: one General MIDI program (0..127) for every part, or one per part "
+                        f"({spec.parts}: {', '.join(spec.part_names)})")
+    return programs * spec.parts if len(programs) == 1 else programs
+
+
+def part_names(spec) -> list[str] | None:
+    """Track names of written files: the part names when there are several parts."""
+    return spec.part_names if spec.parts > 1 else None
 
 
 def main(argv=None) -> int:
@@ -26,9 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--index", type=int, nargs="+", metavar="I", help="window indices (default: the first --limit)")
     ap.add_argument("--limit", type=int, default=16, help="how many windows when no --index (default %(default)s)")
     ap.add_argument("--png", action="store_true", help="also write a PNG per window and a grid of all")
-    ap.add_argument("--program", type=int, default=0, help="General MIDI program (default %(default)s: piano)")
+    ap.add_argument("--program", type=int, nargs="+", default=[0], metavar="P",
+                    help="General MIDI program, one for every part or one per part (default 0: piano)")
     a = ap.parse_args(argv)
     shards = ShardSet(a.chunks, a.split)
+    programs = check_programs(a.program, shards.spec)
     n = len(shards)
     idx = np.asarray(a.index if a.index else range(min(a.limit, n)), dtype=np.int64)
     bad = idx[(idx < 0) | (idx >= n)]
@@ -46,8 +61,8 @@ def main(argv=None) -> int:
     for j, (i, roll) in enumerate(zip(tqdm(idx, desc="decode", unit="window", file=sys.stderr), rolls)):
         rec = {k: int(v[i]) for k, v in shards.records.items()}
         src = shards.source_of(i)
-        mid = notes_to_midi(roll_to_notes(roll, shards.spec), shards.spec, tempo=src["tempo"],
-                            program=a.program, time_signature=(rec["ts_num"], rec["ts_den"]))
+        mid = notes_to_midi(roll_to_parts(roll, shards.spec), shards.spec, tempo=src["tempo"], program=programs,
+                            time_signature=(rec["ts_num"], rec["ts_den"]), names=part_names(shards.spec))
         stem = f"{a.split}-{i:06d}"
         save_midi(mid, a.out / f"{stem}.mid")
         if a.png:

@@ -3,6 +3,7 @@
     python -m apollogan.evaluate --checkpoint checkpoints/quick-001/last.pt --num 1000
     python -m apollogan.evaluate --midi some_folder/ --data chunks/nottingham --out eval.json
     python -m apollogan.evaluate --checkpoint lstm-001 --prime 16 --temperature 0.9
+    python -m apollogan.evaluate --checkpoint cond_gan-001 --against parts-dcgan-001
 
 Every model family is sampled the way generate samples it (the LSTM primed with real
 validation windows, --prime 0 for none); a family with held-out figures of its own (the
@@ -15,6 +16,12 @@ the KS statistic between the two distributions. The overall figure is the mean o
 metrics of W1 divided by the real std (0 for identical distributions; scale-free).
 Memorisation: every generated roll's nearest training window by IoU of active cells,
 found exactly; the share above 0.5 / 0.8 / 0.95 and the closest cases.
+
+Rolls with parts (melody and accompaniment) are scored on the melody ("melody/..."), on all
+parts merged ("merged/..."), and by chord-tone rate and melody-accompaniment tonal distance.
+A conditional model (cond_gan) draws its melodies over the accompaniment of validation
+windows, and is also scored beside the real melodies of the same windows and, with
+--against RUN, beside another model's melodies over the same chords.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from .cli import UserError, atomic_write_bytes, atomic_write_json, find_midi_files, run
-from .metrics import METRICS, compute_metrics, steps_per_bar
+from .metrics import PART_METRICS, metric_names, roll_metrics, split_parts, split_voices, steps_per_bar
 from .preprocess import WindowOptions, convert_file
 from .shards import ShardSet
 from .spec import RollSpec
@@ -45,8 +52,8 @@ VALIDATION_WINDOWS = 4096  # a model's own held-out figures: the whole split of 
 
 def _shards_key(shards: ShardSet) -> str:
     """Changes whenever the split's shards or the metric set change."""
-    h = hashlib.sha256(json.dumps([shards.manifest["shards"][shards.split], sorted(METRICS), REFERENCE_VERSION,
-                                   shards.manifest["spec"]]).encode())
+    h = hashlib.sha256(json.dumps([shards.manifest["shards"][shards.split], metric_names(shards.spec),
+                                   REFERENCE_VERSION, shards.manifest["spec"]]).encode())
     return h.hexdigest()
 
 
@@ -69,13 +76,14 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
         except (OSError, ValueError, KeyError):
             pass  # unreadable or old cache: recompute
     spec, bars = shards.spec, window_bars(shards)
-    out = {k: np.empty(len(shards)) for k in METRICS}
+    names = metric_names(spec)
+    out = {k: np.empty(len(shards)) for k in names}
     step = 1024
     for lo in tqdm(range(0, len(shards), step), desc=f"reference metrics ({split})", unit="batch",
                    disable=not progress, file=sys.stderr):
         idx = np.arange(lo, min(lo + step, len(shards)))
-        part = compute_metrics(shards.get(idx), spec.low, spec.steps_per_beat, bars[idx])
-        for k in METRICS:
+        part = roll_metrics(shards.get(idx), spec, bars[idx])
+        for k in names:
             out[k][idx] = part[k]
     buf = io.BytesIO()
     np.savez(buf, _key=np.array(key), **out)
@@ -166,12 +174,14 @@ def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress:
 
 def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
                    per_roll: bool = False) -> dict:
-    """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation.
+    """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation
+    (of channel 0: the sustain of the melody when the rolls have parts, which a conditional model
+    draws; its accompaniment is copied from real windows).
 
     ``per_roll``: also the value of every metric for every roll, under "per_roll" (arrays, not JSON)."""
     val = ShardSet(root, "val")
     spec = val.spec
-    gen = compute_metrics(rolls, spec.low, spec.steps_per_beat, bar)
+    gen = roll_metrics(rolls, spec, bar)
     real = reference_metrics(root, "val", progress)
     result = {"samples": int(len(rolls)), "real_windows": int(len(val)), **compare(gen, real)}
     if per_roll:
@@ -179,6 +189,56 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     if memo:
         result["memorisation"] = memorisation(rolls[:, 0], ShardSet(root, "train", verify=False), progress=progress)
     return result
+
+
+def harmony(melody: np.ndarray, accompaniment: np.ndarray, spec: RollSpec) -> dict:
+    """Mean two-part metrics (chord-tone rate, tonal distance) of melodies over accompaniments [N, P, T]."""
+    out = {}
+    for k, f in PART_METRICS.items():
+        v = f(melody, accompaniment, low=spec.low, r=spec.steps_per_beat)
+        out[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        out[f"{k}_undefined"] = int(np.isnan(v).sum())
+    return out
+
+
+def melody_of(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
+    """The melody [N, P, T] of rolls [N, C, P, T]: part 0, or the upper voice (skyline) of a one-part roll."""
+    return split_parts(rolls, spec)[0] if spec.parts > 1 else split_voices(spec.sustain(np.asarray(rolls, bool)))[0]
+
+
+def conditioning(rolls: np.ndarray, real: np.ndarray, spec: RollSpec, against=None, control=None) -> dict:
+    """A conditional model's melodies (``rolls``, over the accompaniment of the real windows ``real``)
+    against the real melodies of the same windows; ``control``: its melodies drawn with the same
+    noise over another window's accompaniment, scored against these windows' (a model that uses
+    its condition scores lower there); and another model's melodies (``against``: (name, rolls,
+    spec)) over the same accompaniment and, when it has parts, over its own."""
+    melody, acc = split_parts(real, spec)
+    rows = {"real melodies": harmony(melody, acc, spec),
+            "conditional model": harmony(split_parts(rolls, spec)[0], acc, spec)}
+    if control is not None:
+        rows["conditional model, drawn over other windows' chords (control)"] = harmony(
+            split_parts(control, spec)[0], acc, spec)
+    if against is not None:
+        name, other, other_spec = against
+        rows[f"{name}: its melodies over the same chords"] = harmony(melody_of(other, other_spec), acc, spec)
+        if other_spec.parts > 1:
+            rows[f"{name}: over its own accompaniment"] = harmony(*split_parts(other, other_spec), other_spec)
+    return {"windows": int(len(real)), "rows": rows}
+
+
+def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, data) -> tuple[str, np.ndarray, RollSpec]:
+    """Rolls of another checkpoint (an unconditional model) to set beside a conditional one."""
+    from .checkpoint import family_from_checkpoint, resolve_checkpoint
+    from .generate import draw
+
+    where, ckpt = resolve_checkpoint(path)
+    family, other, cfg = family_from_checkpoint(ckpt)
+    same = ("low", "pitches", "steps", "steps_per_beat")
+    if any(getattr(other, k) != getattr(spec, k) for k in same):
+        raise UserError(f"--against {path}: its rolls ({other.describe()}) are not on the grid of the "
+                        f"conditional model ({spec.describe()})")
+    rolls = draw(family, num, seed, dict(family.sample_options), data or Path(cfg.data.root)).numpy() >= threshold
+    return f"{ckpt.get('run_name') or where} ({family.name})", rolls, other
 
 
 def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
@@ -216,6 +276,11 @@ def markdown(result: dict) -> str:
                   "closest: " + "; ".join(f"sample {c['sample']} ~ train window {c['train_window']} "
                                            f"({c['source']} @ {c['offset']}) IoU {c['iou']:.3f}"
                                            for c in m["closest"])]
+    cond = result.get("conditioning")
+    if cond:
+        lines += ["", f"melodies over the accompaniment of {cond['windows']} validation windows:", "",
+                  "| melodies | chord-tone rate | tonal distance to the accompaniment |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {v['chord_tone_rate']:.3f} | {v['tonal_distance_parts']:.3f} |" for k, v in cond["rows"].items()]
     if result.get("validation"):
         v = dict(result["validation"])
         lines += ["", f"the model's own figures on {v.pop('windows')} validation windows: " +
@@ -247,9 +312,12 @@ def main(argv=None) -> int:
                                               "checkpoint's data.root, or chunks/nottingham)")
     ap.add_argument("--out", type=Path, help="JSON file for the full result")
     ap.add_argument("--threshold", type=float, default=0.5, help="binarisation of generated rolls (default %(default)s)")
-    ap.add_argument("--meter", default="4/4", help="time signature of generated rolls (default %(default)s)")
+    ap.add_argument("--meter", default="4/4", help="time signature of generated rolls (default %(default)s; a "
+                                                   "conditional model's rolls take the meters of their chords' windows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
+    ap.add_argument("--against", metavar="RUN", help="with a conditional checkpoint: also score this (unconditional) "
+                                                     "model's melodies over the same chords")
     from .generate import add_sampling_args
 
     add_sampling_args(ap)
@@ -260,24 +328,36 @@ def main(argv=None) -> int:
         num, den = (int(v) for v in a.meter.split("/"))
     except ValueError:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
-    skipped, validation, family_name = [], None, None
+    skipped, validation, family_name, cond = [], None, None, None
     if a.checkpoint:
         from .checkpoint import family_from_checkpoint, resolve_checkpoint
-        from .generate import draw, sampling_options
+        from .generate import draw, real_windows, sampling_options
 
         path, ckpt = resolve_checkpoint(a.checkpoint)
         family, spec, cfg = family_from_checkpoint(ckpt)
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
+        if a.against and not family.conditional:
+            raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
+        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data) if a.against else None
         rolls = draw(family, a.num, a.seed, opts, root).numpy() >= a.threshold
         bar = steps_per_bar(num, den, spec.steps_per_beat)
+        if family.conditional:  # the same windows draw() took the accompaniment from, in their meters
+            real = real_windows(root, spec, a.num, a.seed, "a conditional model")
+            other = torch.roll(real, 1, dims=0)  # each window's melody drawn over its neighbour's chords
+            control = family.sample(a.num, torch.Generator().manual_seed(a.seed), real=other).numpy() >= a.threshold
+            cond = conditioning(rolls, real.numpy(), spec, against, control)
+            if len(val):
+                bar = window_bars(val)[val.pick_indices(a.num, a.seed)]
         source, family_name = str(path), family.name
         if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
             windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
             figures = family.validate(torch.from_numpy(windows))
             validation = {"windows": len(windows), **figures} if figures else None
     else:
+        if a.against:
+            raise UserError("--against: compares a conditional checkpoint with another; not for --midi")
         if any(v is not None for v in (a.prime, a.temperature, a.top_p)):
             raise UserError("--prime, --temperature and --top-p sample a checkpoint; --midi files are scored as they are")
         root = a.data or Path("chunks/nottingham")
@@ -287,6 +367,8 @@ def main(argv=None) -> int:
     result = {"source": source, "family": family_name, "data": str(root),
               **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation)}
     result["skipped"] = skipped
+    if cond:
+        result["conditioning"] = cond
     if validation:
         result["validation"] = validation
     print(markdown(result))

@@ -4,6 +4,12 @@
     python -m apollogan.generate --checkpoint quick-001 --bernoulli --tempo 100 --program 24
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
     python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
+    python -m apollogan.generate --checkpoint cond_gan-001 --condition tune.mid --num 4 --out samples/over
+
+--condition FILE (cond_gan): melodies over the chords of FILE, its lowest track (the
+accompaniment by skyline when it has one track). The file is cut into windows of the
+model's length, the melodies are joined, and each output file holds the chords as given
+plus one generated melody.
 
 The LSTM is primed with the first K steps of real validation windows of the run's data
 (--data to use another shard set of the same spec; --prime 0 starts from silence).
@@ -23,7 +29,8 @@ from tqdm import tqdm
 
 from .checkpoint import family_from_checkpoint, resolve_checkpoint
 from .cli import UserError, run
-from .midi import binarize, notes_to_midi, roll_to_notes, save_midi
+from .decode import check_programs, part_names
+from .midi import MidiError, Track, binarize, notes_to_midi, read_accompaniment, roll_to_parts, save_midi, tracks_to_midi
 from .shards import ShardSet
 
 
@@ -73,8 +80,61 @@ def draw(family, n: int, seed: int, opts: dict, root, device="cpu") -> torch.Ten
     """``n`` rolls [n, C, P, T] in [0, 1] from the family, with its random draws seeded by ``seed``."""
     real = None
     if family.wants_real(**opts):
-        real = real_windows(root, family.spec, n, seed, f"--prime {opts.get('prime')}")
+        why = "a conditional model" if family.conditional else f"--prime {opts.get('prime')}"
+        real = real_windows(root, family.spec, n, seed, why)
     return family.sample(n, torch.Generator().manual_seed(seed), device=device, real=real, **opts)
+
+
+def condition_windows(acc, spec, n: int) -> tuple[torch.Tensor, int]:
+    """Rolls [n x W, C, P, T] holding the accompaniment of W consecutive windows (melody empty), repeated
+    for each of ``n`` samples; and W."""
+    k, steps = spec.channels_per_part, spec.steps
+    w = max(1, -(-acc.roll.shape[-1] // steps))
+    chords = np.zeros((k, spec.pitches, w * steps), bool)
+    chords[..., : acc.roll.shape[-1]] = acc.roll
+    rolls = np.zeros((w, spec.channels, spec.pitches, steps), np.float32)
+    rolls[:, k:] = chords.reshape(k, spec.pitches, w, steps).transpose(2, 0, 1, 3)
+    return torch.from_numpy(np.tile(rolls, (n, 1, 1, 1))), w
+
+
+def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -> int:
+    """generate --condition: n files, each the given chords and a melody drawn window by window."""
+    if not family.conditional:
+        raise UserError(f"--condition: the {family.name} family draws without a condition; train model.family=cond_gan")
+    if spec.parts != 2:
+        raise UserError(f"--condition: takes the chords of a file as one accompaniment part; this model's rolls "
+                        f"have {spec.parts} parts")
+    try:
+        acc = read_accompaniment(a.condition, spec)
+    except MidiError as e:
+        raise UserError(f"{a.condition}: {e}") from None
+    real, w = condition_windows(acc, spec, a.num)
+    probs = family.sample(len(real), gen, real=real)
+    rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
+    tpq = math.lcm(acc.tpq, spec.steps_per_beat)  # the chords' ticks and the melody's steps both exact
+    tick, up = tpq // spec.steps_per_beat, tpq // acc.tpq
+    chords = Track(acc.track.notes * np.array([1, up, up]), acc.track.velocity, acc.track.program,
+                   acc.track.name or "accompaniment")
+    tempo = [(t * up, b) for t, b in acc.tempo]
+    meter = [(t * up, n, d) for t, n, d in acc.time_signature]
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = Path(a.condition).stem
+    for i in tqdm(range(a.num), desc="generate", unit="file", file=sys.stderr):
+        melody = [roll_to_parts(rolls[i * w + j], spec)[0] + np.array([0, j * spec.steps, j * spec.steps])
+                  for j in range(w)]
+        melody = np.concatenate(melody)
+        vel = rng.normal(a.velocity, a.velocity_std, len(melody)) if a.velocity_std > 0 else np.full(len(melody), a.velocity)
+        tune = Track(melody * np.array([1, tick, tick]), np.clip(np.rint(vel), 1, 127).astype(int), programs[0], "melody")
+        save_midi(tracks_to_midi([tune, chords], tpq, tempo=tempo, time_signature=meter),
+                  a.out / f"{stem}-melody-{i:03d}.mid")
+    if a.png:
+        from .images import save_rolls_png, spec_look
+
+        save_rolls_png(rolls[:w * min(a.num, 4)], a.out / f"{stem}-grid.png", nrow=w if w <= 4 else 4,
+                       meter=acc.time_signature[0][1:], **spec_look(spec))
+    print(f"wrote {a.num} MIDI files to {a.out}: melodies over the chords of {a.condition} "
+          f"({w} window(s) of {spec.steps} steps each), from {family.name}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -84,43 +144,53 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=8, help="how many files (default %(default)s)")
     ap.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--threshold", type=float, default=0.5, help="cell on when p >= T (default %(default)s)")
-    mode.add_argument("--bernoulli", action="store_true", help="draw each cell with its probability")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--threshold", type=float, default=0.5, help="cell on when p >= T (default %(default)s)")
+    how.add_argument("--bernoulli", action="store_true", help="draw each cell with its probability")
     ap.add_argument("--tempo", type=float, default=120.0, help="BPM (default %(default)s)")
-    ap.add_argument("--program", type=int, default=0, help="General MIDI program 0-127 (default %(default)s)")
+    ap.add_argument("--program", type=int, nargs="+", default=[0], metavar="P",
+                    help="General MIDI program 0-127, one for every part or one per part (default 0)")
     ap.add_argument("--velocity", type=float, default=90, help="mean velocity (default %(default)s)")
     ap.add_argument("--velocity-std", type=float, default=0.0, help="Gaussian velocity spread (default constant)")
     ap.add_argument("--png", action="store_true", help="also a PNG per file and a grid of all")
-    ap.add_argument("--interpolate", type=int, metavar="K", help="K files along a line through the latent space")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--interpolate", type=int, metavar="K", help="K files along a line through the latent space")
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not their moving average")
     ap.add_argument("--data", type=Path, help="shard set to take real windows from (default: the run's data.root)")
+    mode.add_argument("--condition", type=Path, metavar="FILE.mid",
+                      help="cond_gan: melodies over the chords of this file (its lowest track)")
     add_sampling_args(ap)
     a = ap.parse_args(argv)
-    if not 0 <= a.program <= 127 or a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
-        raise UserError("--program must be 0..127, --tempo and --num positive, --interpolate at least 2")
+    if a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
+        raise UserError("--tempo and --num must be positive, --interpolate at least 2")
     path, ckpt = resolve_checkpoint(a.checkpoint)
     family, spec, cfg = family_from_checkpoint(ckpt, ema=not a.raw)
+    programs = check_programs(a.program, spec)
     opts = sampling_options(family, a)
     root = a.data or Path(cfg.data.root)
+    rng = np.random.default_rng(a.seed)
+    if a.condition:
+        return write_over_condition(a, family, spec, torch.Generator().manual_seed(a.seed), rng, programs)
     if a.interpolate:
         if family.latent is None:
             raise UserError(f"--interpolate: the {family.name} family has no latent space to walk "
                             "(it composes one step at a time)")
-        ends = real_windows(root, spec, 2, a.seed, "--interpolate") if family.latent == "codes" else None
+        ends = None
+        if family.latent == "codes" or family.conditional:  # two windows' codes; one window's chords
+            ends = real_windows(root, spec, 2, a.seed, "--interpolate")
         probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends)
     else:
         probs = draw(family, a.num, a.seed, opts, root)
-    rng = np.random.default_rng(a.seed)
     rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = "interp" if a.interpolate else "sample"
     empty = 0
     for i, roll in enumerate(tqdm(rolls, desc="generate", unit="file", file=sys.stderr)):
-        notes = roll_to_notes(roll, spec)
-        empty += len(notes) == 0
-        save_midi(notes_to_midi(notes, spec, tempo=a.tempo, program=a.program, velocity=a.velocity,
-                                velocity_std=a.velocity_std, rng=rng), a.out / f"{stem}-{i:03d}.mid")
+        parts = roll_to_parts(roll, spec)
+        empty += sum(map(len, parts)) == 0
+        save_midi(notes_to_midi(parts, spec, tempo=a.tempo, program=programs, velocity=a.velocity,
+                                velocity_std=a.velocity_std, rng=rng, names=part_names(spec)),
+                  a.out / f"{stem}-{i:03d}.mid")
     if a.png:
         from .images import save_rolls_png, spec_look
 

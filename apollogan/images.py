@@ -60,7 +60,7 @@ def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, meter=(4, 4), shi
     ``meter`` (numerator, denominator) and ``shift`` (the window starts ``shift`` steps after a
     bar line) place bar lines and beat ticks. Channels come part by part, each part's sustain
     channel first and its onset channel next when C = 2 x parts; probabilities are drawn from
-    the first part's sustain channel."""
+    the first part's sustain channel (the melody), over the other parts' cells at p >= 0.5."""
     roll = np.asarray(roll)
     if roll.ndim == 2:
         roll = roll[None]
@@ -82,10 +82,16 @@ def draw_roll(roll, *, low: int = 30, steps_per_beat: int = 4, meter=(4, 4), shi
                 img[struck] = ONSET
                 part_on |= struck
             on |= part_on
-    else:
+    else:  # the melody's probabilities through the colour map, the other parts at p >= 0.5 in their colours
+        on = np.zeros((p, t), bool)
+        for k in range(1, parts):
+            part_on = roll[k * per_part][::-1] >= 0.5
+            img[part_on] = PART_COLOURS[k % len(PART_COLOURS)]
+            on |= part_on
         sus = roll[0][::-1]
-        on = sus >= 0.02  # below that the guides show through
-        img[on] = colour_map(sus[on])
+        mel = sus >= 0.02  # below that the guides show through
+        img[mel] = colour_map(sus[mel])
+        on |= mel
     img = img.repeat(y_scale, axis=0).repeat(x_scale, axis=1)
     on = on.repeat(y_scale, axis=0).repeat(x_scale, axis=1)
     for r in np.nonzero(pitch % 12 == 0)[0]:  # a line under every C: the lowest pixel line of its row
@@ -155,8 +161,8 @@ def draw_rolls(rolls, nrow: int = 4, *, meter=(4, 4), shift=0, binary: bool | No
 
 
 def spec_look(spec) -> dict:
-    """What a picture needs of a RollSpec: the pitch of the lowest row and the steps of a beat."""
-    return {"low": spec.low, "steps_per_beat": spec.steps_per_beat}
+    """What a picture needs of a RollSpec: the pitch of the lowest row, the steps of a beat, the parts."""
+    return {"low": spec.low, "steps_per_beat": spec.steps_per_beat, "parts": spec.parts}
 
 
 def window_look(records: dict, idx) -> dict:

@@ -22,16 +22,20 @@ def split_stats(shards: ShardSet, batch: int = 1024) -> dict:
     """Streamed over batches of windows, so a large set needs little memory."""
     spec, n = shards.spec, len(shards)
     cells = np.zeros(n)
+    part_cells = np.zeros(spec.parts)
     pitch_hist = np.zeros(spec.pitches, np.int64)
     for lo in tqdm(range(0, n, batch), desc=f"inspect {shards.split}", unit="batch", file=sys.stderr, leave=False):
-        x = shards.get(np.arange(lo, min(lo + batch, n)))[:, 0].astype(bool)  # sustain [B, P, T]
+        rolls = shards.get(np.arange(lo, min(lo + batch, n)))
+        x = spec.sustain(rolls)  # every part's sustain [B, P, T]
         cells[lo:lo + len(x)] = x.sum(axis=(1, 2))
         pitch_hist += x.sum(axis=(0, 2))
+        part_cells += rolls[:, :: spec.channels_per_part].sum(axis=(0, 2, 3))
     pc_hist = np.bincount((spec.low + np.arange(spec.pitches)) % 12, weights=pitch_hist, minlength=12)
     density = cells / (spec.pitches * spec.steps)
     return {"windows": n, "density_mean": float(density.mean()) if n else float("nan"),
             "density_std": float(density.std()) if n else float("nan"),
-            "pitch_hist": pitch_hist, "pc_hist": pc_hist}
+            "pitch_hist": pitch_hist, "pc_hist": pc_hist,
+            "part_density": part_cells / max(n * spec.pitches * spec.steps, 1)}
 
 
 def _bar(frac: float, width: int = 40) -> str:
@@ -42,13 +46,17 @@ def report(root) -> tuple[str, dict]:
     stats = {s: split_stats(ShardSet(root, s)) for s in SPLITS}
     m = ShardSet(root, "train", verify=False).manifest
     spec, c, st = m["spec"], m["counts"], m["stats"]
+    spec_obj = ShardSet(root, "train", verify=False).spec
     notes = max(st.get("notes", 0), 1)
     lines = [f"shard set {root}: spec {spec}",
              f"files: {c['converted']} converted of {c['files']}, skipped {c['skipped'] or 'none'}"]
     for s in SPLITS:
         d = stats[s]
         lines.append(f"{s}: {d['windows']} windows from {c['sources_per_split'][s]} files; "
-                     f"note density {d['density_mean']:.4f} +- {d['density_std']:.4f} (active cells / cells)")
+                     f"note density {d['density_mean']:.4f} +- {d['density_std']:.4f} (active cells / cells)"
+                     + ("; by part: " + ", ".join(f"{name} {v:.4f}" for name, v in zip(spec_obj.part_names,
+                                                                                     d["part_density"]))
+                        if spec_obj.parts > 1 else ""))
     lines.append(f"notes outside the pitch window: {st.get('notes_dropped_pitch', 0)} dropped, "
                  f"{st.get('notes_folded', 0)} folded (of {st.get('notes', 0)})")
     lines.append(f"quantisation loss: {st.get('onsets_off_grid', 0) / notes:.2%} of onsets and "

@@ -1,6 +1,6 @@
 """Music metrics: a registry of pure functions over batches of binary rolls, vectorised.
 
-Conventions (DESIGN.md section 4). A batch is bool [N, P, T] (pitch x time: the sustain
+Conventions (docs/metrics.md). A batch is bool [N, P, T] (pitch x time: the sustain
 channel); row p is MIDI pitch ``low + p`` and its pitch class is (low + p) mod 12, never a
 reshape of the pitch axis. ``r`` is steps per beat and ``bar`` steps per bar (an int, or
 one per roll: 6/8 at 4 steps per beat is 12). Bars and beats are the complete ones from
@@ -225,6 +225,17 @@ def tonal_distance_parts(a, b, r=4, low=30, **_):
     return _div(np.where(both, dist, 0).sum(axis=1), both.sum(axis=1))
 
 
+def chord_tone_rate(melody, accompaniment, low=30, **_):
+    """Over the melody notes whose onset step has the accompaniment sounding, the share whose pitch
+    class is among the accompaniment's sounding pitch classes at that step; NaN when no melody
+    onset has a sounding accompaniment. Two parts [N, P, T] of one pitch window."""
+    pcm = _pc_matrix(melody.shape[1], low)
+    struck = np.einsum("npt,pc->nct", onsets(melody).astype(float), pcm)  # onsets per pitch class and step
+    chord = np.einsum("npt,pc->nct", accompaniment.astype(float), pcm) > 0
+    sounding = accompaniment.any(axis=1)  # [N, T]
+    return _div((struck * chord).sum(axis=(1, 2)), (struck.sum(axis=1) * sounding).sum(axis=1))
+
+
 def split_voices(x):
     """(upper, lower): at each step the highest active pitch, and everything under it."""
     n, p, t = x.shape
@@ -260,6 +271,12 @@ METRICS = {
     "note_density": note_density,
 }
 
+# Two-part metrics f(melody, accompaniment [N, P, T], *, low, r) -> [N], for rolls with parts.
+PART_METRICS = {
+    "chord_tone_rate": chord_tone_rate,
+    "tonal_distance_parts": tonal_distance_parts,
+}
+
 # cheap statistics logged with every sample grid during training
 TRAINING_STATS = {k: METRICS[k] for k in ("note_density", "pitches_used", "polyphony")}
 
@@ -267,6 +284,42 @@ TRAINING_STATS = {k: METRICS[k] for k in ("note_density", "pitches_used", "polyp
 def steps_per_bar(numerator, denominator, steps_per_beat: int) -> np.ndarray:
     """Bar length in steps from a time signature: 4/4 at 4 steps a beat is 16, 6/8 is 12."""
     return np.maximum(np.rint(np.asarray(numerator) * 4 / np.asarray(denominator) * steps_per_beat), 1).astype(int)
+
+
+def metric_names(spec) -> list[str]:
+    """The metrics of rolls of ``spec``: the registry's for one part; with parts, the registry's on
+    the melody ("melody/...") and on all parts merged ("merged/..."), and the two-part metrics."""
+    if spec.parts == 1:
+        return list(METRICS)
+    return [f"melody/{k}" for k in METRICS] + [f"merged/{k}" for k in METRICS] + list(PART_METRICS)
+
+
+def split_parts(rolls: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+    """(melody, accompaniment) sustain [N, P, T] of rolls [N, C, P, T] with parts: part 0, and
+    every later part merged."""
+    k = spec.channels_per_part
+    rolls = np.asarray(rolls).astype(bool, copy=False)
+    return rolls[:, 0], rolls[:, k::k].any(axis=1)
+
+
+def roll_metrics(rolls: np.ndarray, spec, bar, names=None, batch: int = 512) -> dict[str, np.ndarray]:
+    """The metrics (``metric_names(spec)``, or ``names`` of them) of rolls [N, C, P, T] of ``spec``."""
+    if spec.parts == 1:
+        return compute_metrics(rolls, spec.low, spec.steps_per_beat, bar, names, batch)
+    names = list(names or metric_names(spec))
+    bar = np.broadcast_to(np.asarray(bar), (len(rolls),))
+    out = {k: np.empty(len(rolls)) for k in names}
+    for lo in range(0, len(rolls), batch):
+        sl = slice(lo, lo + batch)
+        melody, accompaniment = split_parts(rolls[sl], spec)
+        views = {"melody": melody, "merged": melody | accompaniment}
+        for k in names:
+            view, _, metric = k.rpartition("/")
+            if view:
+                out[k][sl] = METRICS[metric](views[view], low=spec.low, r=spec.steps_per_beat, bar=bar[sl])
+            else:
+                out[k][sl] = PART_METRICS[metric](melody, accompaniment, low=spec.low, r=spec.steps_per_beat)
+    return out
 
 
 def compute_metrics(x: np.ndarray, low: int, r: int, bar, names=None, batch: int = 512) -> dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ class Song:
     time_signatures: np.ndarray  # [K, 3] (step, numerator, denominator)
     tempo: float  # first tempo in BPM (120 when the file has none)
     stats: dict = field(default_factory=dict)  # notes, dropped, folded, off-grid onsets/offsets
+    part: np.ndarray | None = None  # [N] part of each note (--parts tracks); None: one part, or split by skyline
 
     def time_signature_at(self, steps: np.ndarray) -> np.ndarray:
         """[len(steps), 2] (numerator, denominator) in force at each step (4/4 before the first)."""
@@ -112,6 +113,8 @@ def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) 
     parts = [p for p in parts if len(p["time"])]
     if not parts:
         raise MidiError("no notes outside drum tracks")
+    if spec.part_mode == "tracks" and len(parts) < spec.parts:
+        raise MidiError(f"too few tracks: {len(parts)} non-drum track(s) with notes, the spec has {spec.parts} parts")
     on = np.concatenate([p["time"] for p in parts]).astype(np.int64)
     off = on + np.concatenate([p["duration"] for p in parts]).astype(np.int64)
     pitch = np.concatenate([p["pitch"] for p in parts]).astype(np.int64)
@@ -125,6 +128,10 @@ def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) 
     end = np.maximum(_ticks_to_steps(off, tpq, spb), start + 1)  # a very short note keeps one step
     pitch, keep, dropped, folded = _fit_pitches(pitch, spec)
     notes = np.stack([pitch, start, end], axis=1)[keep]  # in track order; the roll needs no sorting
+    part = None
+    if spec.part_mode == "tracks":  # track k is part k; the last part also takes every later track
+        track = np.repeat(np.arange(len(parts)), [len(p["time"]) for p in parts])
+        part = np.minimum(track, spec.parts - 1)[keep]
 
     ts = score.time_signatures.numpy()
     ts_arr = np.stack([_ticks_to_steps(ts["time"], tpq, spb), ts["numerator"], ts["denominator"]], 1).astype(np.int64)
@@ -139,27 +146,57 @@ def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) 
         "offsets_off_grid": int(((off * spb) % tpq != 0).sum()),
     }
     steps = int(notes[:, 2].max()) if len(notes) else int(end.max())
-    return Song(notes, steps, downbeats, ts_arr, round(tempo, 3), stats)
+    return Song(notes, steps, downbeats, ts_arr, round(tempo, 3), stats, part)
 
 
-def notes_to_roll(notes: np.ndarray, steps: int, spec: RollSpec, offset: int = 0) -> np.ndarray:
-    """Notes (absolute steps) -> bool roll [C, P, steps] starting at ``offset``; parts outside are cut."""
+def song_roll(song: Song, steps: int, spec: RollSpec, offset: int = 0) -> np.ndarray:
+    """The song as a bool roll [C, P, steps] from ``offset``, its notes placed in the spec's parts."""
+    roll = notes_to_roll(song.notes, steps, spec, offset, part=song.part)
+    return skyline(roll, spec) if spec.part_mode == "skyline" else roll
+
+
+def skyline(roll: np.ndarray, spec: RollSpec) -> np.ndarray:
+    """Roll [C, P, T] with every note in part 0 -> melody (the highest sounding pitch at each
+    step) in part 0 and the rest in part 1. A note that changes part mid-way starts anew there."""
+    k = spec.channels_per_part
+    sus = roll[0]
+    p = sus.shape[0]
+    top = p - 1 - sus[::-1].argmax(axis=0)
+    steps = np.nonzero(sus.any(axis=0))[0]
+    out = np.zeros_like(roll)
+    out[0, top[steps], steps] = True
+    out[k] = sus & ~out[0]
+    if k == 2:  # an onset stays with its cell, and a run that starts in a part starts with an onset
+        for c in (0, k):
+            prev = np.zeros_like(sus)
+            prev[:, 1:] = out[c][:, :-1]
+            out[c + 1] = out[c] & (roll[1] | ~prev)
+    return out
+
+
+def notes_to_roll(notes: np.ndarray, steps: int, spec: RollSpec, offset: int = 0,
+                  part: np.ndarray | None = None) -> np.ndarray:
+    """Notes (absolute steps) -> bool roll [C, P, steps] starting at ``offset``; parts outside are cut.
+
+    ``part``: each note's part (default: all in part 0)."""
     roll = np.zeros((spec.channels, spec.pitches, steps), dtype=bool)
     if len(notes) == 0:
         return roll
+    k = spec.channels_per_part
+    chan = np.zeros(len(notes), np.int64) if part is None else np.asarray(part, np.int64) * k
     row = notes[:, 0] - spec.low
     s = np.minimum(np.maximum(notes[:, 1] - offset, 0), steps)  # np.clip is slow on small arrays
     e = np.minimum(np.maximum(notes[:, 2] - offset, 0), steps)
     live = e > s
-    row, s, e = row[live], s[live], e[live]
+    row, s, e, chan = row[live], s[live], e[live], chan[live]
     # Index every sounding cell directly: O(active cells), not O(pitches x steps).
     length = e - s
     first = np.repeat(np.cumsum(length) - length, length)
     t = np.arange(int(length.sum())) - first + np.repeat(s, length)
-    roll[0, np.repeat(row, length), t] = True
+    roll[np.repeat(chan, length), np.repeat(row, length), t] = True
     if spec.onset:
         starts_inside = (notes[live, 1] - offset) >= 0  # a note cut at the left edge has no onset here
-        roll[1, row[starts_inside], s[starts_inside]] = True
+        roll[chan[starts_inside] + 1, row[starts_inside], s[starts_inside]] = True
     return roll
 
 
@@ -174,15 +211,25 @@ def binarize(roll: np.ndarray, threshold: float = 0.5, rng: np.random.Generator 
 
 
 def roll_to_notes(roll: np.ndarray, spec: RollSpec) -> np.ndarray:
-    """Bool roll [C, P, T] -> notes [N, 3] (pitch, start, end), sorted by pitch then start.
+    """Bool roll [C, P, T] -> notes [N, 3] (pitch, start, end) of every part, part by part, each
+    sorted by pitch then start.
 
     A note is a run of sustained steps; with the onset channel an onset inside a run starts a
     new note, so two repeated notes of one pitch come back as two. An onset without sustain
     counts as sounding (a model may emit one without the other).
     """
+    return np.concatenate(roll_to_parts(roll, spec))
+
+
+def roll_to_parts(roll: np.ndarray, spec: RollSpec) -> list[np.ndarray]:
+    """Bool roll [C, P, T] -> one notes array [N, 3] per part (see roll_to_notes)."""
     roll = np.asarray(roll, dtype=bool)
     if roll.ndim == 2:
         roll = roll[None]
+    return [_part_notes(roll[spec.part_channels(k)], spec) for k in range(spec.parts)]
+
+
+def _part_notes(roll: np.ndarray, spec: RollSpec) -> np.ndarray:
     start, last = note_bounds(roll[0], roll[1] if spec.onset and roll.shape[0] > 1 else None)
     # Row-major order pairs each start with the end of the same note.
     sp, st = np.nonzero(start)
@@ -206,40 +253,128 @@ def note_bounds(sustain: np.ndarray, onset: np.ndarray | None = None) -> tuple[n
     return start, sus & (~nxt | nxt_start)
 
 
-def notes_to_midi(notes: np.ndarray, spec: RollSpec, *, tempo: float = 120.0, program: int = 0,
-                  velocity: float = 90, velocity_std: float = 0.0, time_signature=(4, 4),
-                  rng: np.random.Generator | None = None) -> mido.MidiFile:
-    """Notes in steps -> a one-track MIDI file. Velocity is constant, or Gaussian when std > 0."""
-    notes = np.asarray(notes, dtype=np.int64).reshape(-1, 3)
-    if velocity_std > 0:
-        rng = rng or np.random.default_rng(0)
-        vel = rng.normal(velocity, velocity_std, len(notes))
-    else:
-        vel = np.full(len(notes), velocity, dtype=float)
-    vel = np.clip(np.rint(vel), 1, 127).astype(int)
-    tick = WRITE_TPQ // spec.steps_per_beat if WRITE_TPQ % spec.steps_per_beat == 0 else None
-    tpq = WRITE_TPQ if tick else spec.steps_per_beat * 120
-    tick = tick or 120
-    # Events (time, kind, pitch, velocity); kind 0 = note off sorts before kind 1 = note on at
-    # the same tick, so a repeated note is released before it is struck again.
-    ev = np.concatenate([
-        np.stack([notes[:, 2] * tick, np.zeros(len(notes), int), notes[:, 0], np.zeros(len(notes), int)], 1),
-        np.stack([notes[:, 1] * tick, np.ones(len(notes), int), notes[:, 0], vel], 1),
-    ])
-    ev = ev[np.lexsort((ev[:, 2], ev[:, 1], ev[:, 0]))]
-    track = mido.MidiTrack()
-    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0))
-    num, den = (int(x) for x in time_signature)
-    track.append(mido.MetaMessage("time_signature", numerator=num, denominator=den, time=0))
-    track.append(mido.Message("program_change", program=int(program), channel=0, time=0))
-    now = 0
-    for t, kind, p, v in ev.tolist():
-        track.append(mido.Message("note_on" if kind else "note_off", note=p, velocity=v, channel=0, time=t - now))
-        now = t
-    track.append(mido.MetaMessage("end_of_track", time=0))
-    mid = mido.MidiFile(type=1, ticks_per_beat=tpq)
-    mid.tracks.append(track)
+@dataclass
+class Track:
+    """One track to write: notes [N, 3] (pitch, start, end) in ticks, one velocity per note."""
+
+    notes: np.ndarray
+    velocity: np.ndarray
+    program: int = 0
+    name: str = ""
+
+
+def notes_to_midi(notes, spec: RollSpec, *, tempo: float = 120.0, program=0, velocity: float = 90,
+                  velocity_std: float = 0.0, time_signature=(4, 4), rng: np.random.Generator | None = None,
+                  names=None) -> mido.MidiFile:
+    """Notes in steps -> a MIDI file: one array [N, 3] gives one track, a list of them (one per
+    part) one track each. ``program`` is one for every track or one per track. Velocity is
+    constant, or Gaussian when std > 0."""
+    parts = [notes] if isinstance(notes, np.ndarray) or not isinstance(notes, (list, tuple)) else list(notes)
+    programs = np.broadcast_to(np.asarray(program, int).reshape(-1), (len(parts),))
+    names = names or [""] * len(parts)
+    tpq = WRITE_TPQ if WRITE_TPQ % spec.steps_per_beat == 0 else spec.steps_per_beat * 120
+    tick = tpq // spec.steps_per_beat
+    tracks = []
+    for part, prog, name in zip(parts, programs, names):
+        part = np.asarray(part, dtype=np.int64).reshape(-1, 3)
+        if velocity_std > 0:
+            rng = rng or np.random.default_rng(0)
+            vel = rng.normal(velocity, velocity_std, len(part))
+        else:
+            vel = np.full(len(part), velocity, dtype=float)
+        ticks = part * np.array([1, tick, tick])
+        tracks.append(Track(ticks, np.clip(np.rint(vel), 1, 127).astype(int), int(prog), name))
+    return tracks_to_midi(tracks, tpq, tempo=tempo, time_signature=time_signature)
+
+
+def tracks_to_midi(tracks: list[Track], tpq: int, *, tempo=120.0, time_signature=(4, 4)) -> mido.MidiFile:
+    """A type-1 file, one MIDI track (and channel, skipping the drum channel 10) per Track; the
+    first also carries the tempo and time signature: one value each, or lists of (tick, bpm) and
+    (tick, numerator, denominator) for a file whose tempo or meter changes."""
+    tempos = [(0, tempo)] if np.ndim(tempo) == 0 else list(tempo)
+    meters = [(0, *time_signature)] if np.ndim(time_signature) == 1 else list(time_signature)
+    conductor = [(int(t), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(b))) for t, b in tempos] + \
+                [(int(t), mido.MetaMessage("time_signature", numerator=int(n), denominator=int(d)))
+                 for t, n, d in meters]
+    conductor.sort(key=lambda e: e[0])
+    mid = mido.MidiFile(type=1, ticks_per_beat=int(tpq))
+    for k, tr in enumerate(tracks):
+        notes = np.asarray(tr.notes, dtype=np.int64).reshape(-1, 3)
+        vel = np.asarray(tr.velocity, dtype=np.int64).reshape(-1)
+        channel = k + (k >= 9)
+        # Events (time, kind, pitch, velocity); kind 0 = note off sorts before kind 1 = note on at
+        # the same tick, so a repeated note is released before it is struck again.
+        n = len(notes)
+        ev = np.concatenate([
+            np.stack([notes[:, 2], np.zeros(n, int), notes[:, 0], np.zeros(n, int)], 1),
+            np.stack([notes[:, 1], np.ones(n, int), notes[:, 0], vel], 1),
+        ])
+        ev = ev[np.lexsort((ev[:, 2], ev[:, 1], ev[:, 0]))]
+        events = [(0, mido.MetaMessage("track_name", name=tr.name))] if tr.name else []
+        events += conductor if k == 0 else []
+        events.append((0, mido.Message("program_change", program=int(tr.program), channel=channel)))
+        events += [(t, mido.Message("note_on" if kind else "note_off", note=p, velocity=v, channel=channel))
+                   for t, kind, p, v in ev.tolist()]
+        events.sort(key=lambda e: e[0])  # stable: at one tick, meta before notes, offs before ons
+        track = mido.MidiTrack()
+        now = 0
+        for t, msg in events:
+            track.append(msg.copy(time=t - now))
+            now = t
+        track.append(mido.MetaMessage("end_of_track", time=0))
+        mid.tracks.append(track)
     return mid
+
+
+@dataclass
+class Accompaniment:
+    """The accompaniment of a file, to draw melodies over (generate --condition)."""
+
+    roll: np.ndarray  # bool [sustain(, onset), P, steps]: the accompaniment on the spec's grid
+    track: Track  # its notes as the file has them, in ticks of ``tpq``
+    tpq: int
+    tempo: list  # [(tick, bpm)] of the file (120 bpm when it has none)
+    time_signature: list  # [(tick, numerator, denominator)] of the file (4/4 when it has none)
+
+
+def read_accompaniment(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Accompaniment:
+    """The lowest part of a file (the non-drum track with the lowest mean pitch), unchanged; or, for a
+    file with one such track, its accompaniment by skyline (everything under the highest sounding
+    pitch), which is written as read on the grid."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise MidiError(f"unreadable: {e.strerror or e}") from None
+    check_header(data)
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as e:
+        raise MidiError(f"corrupt MIDI: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    tracks = [t for t in score.tracks if not t.is_drum and len(t.notes)]
+    grid = RollSpec(spec.low, spec.pitches, spec.steps, spec.steps_per_beat, spec.onset, spec.out_of_range)
+    if len(tracks) >= 2:
+        song = parse_song(data, RollSpec(**{**grid.to_dict(), "parts": len(tracks), "part_mode": "tracks"}), max_beats)
+        lowest = int(np.argmin([t.notes.numpy()["pitch"].mean() for t in tracks]))
+        roll = notes_to_roll(song.notes[song.part == lowest], song.steps, grid)
+        given = tracks[lowest].notes.numpy()
+        start = given["time"].astype(np.int64)
+        notes = np.stack([given["pitch"].astype(np.int64), start, start + given["duration"]], 1)
+        track = Track(notes, given["velocity"].astype(np.int64), int(tracks[lowest].program), tracks[lowest].name)
+        tpq = score.ticks_per_quarter
+    else:
+        song = parse_song(data, RollSpec(**{**grid.to_dict(), "parts": 2, "part_mode": "skyline"}), max_beats)
+        roll = song_roll(song, song.steps, RollSpec(**{**grid.to_dict(), "parts": 2, "part_mode": "skyline"}))
+        roll = roll[grid.channels:]
+        tpq = WRITE_TPQ if WRITE_TPQ % spec.steps_per_beat == 0 else spec.steps_per_beat * 120
+        notes = _part_notes(roll, grid) * np.array([1, tpq // spec.steps_per_beat, tpq // spec.steps_per_beat])
+        track = Track(notes, np.full(len(notes), 90), int(tracks[0].program), "accompaniment")
+    if not roll.any():
+        what = "the part" if len(tracks) >= 2 else "its one track is a single line (no note under the highest)"
+        raise MidiError(f"no accompaniment inside the pitch window {spec.low}..{spec.high}: {what}")
+    scale = tpq / score.ticks_per_quarter  # the skyline case writes at its own resolution
+    tempos = [(round(t.time * scale), 60_000_000.0 / t.mspq) for t in score.tempos] or [(0, 120.0)]
+    meters = [(round(m.time * scale), m.numerator, m.denominator) for m in score.time_signatures] or [(0, 4, 4)]
+    return Accompaniment(roll, track, int(tpq), tempos, meters)
 
 
 def save_midi(mid: mido.MidiFile, path) -> None:

@@ -2,6 +2,7 @@
 
     python -m apollogan.preprocess                       # bundled Nottingham tunes -> chunks/nottingham
     python -m apollogan.preprocess my_midi/ --out chunks/mine --onset --transpose 2
+    python -m apollogan.preprocess --parts tracks --out chunks/nottingham-parts   # melody and chords
 
 Windows start on bar lines (the first downbeat at or after every ``hop`` steps), so bar
 metrics line up with the window. Files are split into train/val by name, never by window.
@@ -24,9 +25,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .cli import UserError, bundled_data, find_midi_files, run
-from .midi import DEFAULT_MAX_BEATS, MidiError, Song, notes_to_roll, read_song
+from .midi import DEFAULT_MAX_BEATS, MidiError, Song, read_song, song_roll
 from .shards import FORMAT, SPLITS, VERSION, WINDOW_FIELDS, ShardWriter, read_manifest, write_manifest
-from .spec import RollSpec
+from .spec import PART_MODES, RollSpec
 
 DEFAULT_OUT = Path("chunks/nottingham")
 
@@ -112,14 +113,14 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
         return FileResult(error=str(e))
     base = window_starts(song, song.steps, spec, opt.hop)
     total = int(base[-1]) + spec.steps  # past the song's end the roll is silent
-    roll = notes_to_roll(song.notes, total, spec)
+    roll = song_roll(song, total, spec)
     shifts = [0] + ([s for s in opt.time_shifts if s] if split == "train" else [])
     starts = np.concatenate([base + s for s in shifts])
     shift = np.repeat(shifts, len(base))
     keep = (starts >= 0) & (starts <= total - spec.steps)
     starts, shift = starts[keep], shift[keep]
     win = np.ascontiguousarray(roll[:, :, starts[:, None] + np.arange(spec.steps)].transpose(2, 0, 1, 3))  # [N, C, P, T]
-    dense = np.count_nonzero(win[:, 0].reshape(len(win), -1), axis=1) >= opt.min_cells
+    dense = np.count_nonzero(spec.sustain(win).reshape(len(win), -1), axis=1) >= opt.min_cells
     win, starts, shift = win[dense], starts[dense], shift[dense]
     transpose = np.zeros(len(win), np.int64)
     if split == "train" and opt.transpose > 0 and len(win):
@@ -182,7 +183,8 @@ def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions,
         w.close()
     manifest = {
         "format": FORMAT, "version": VERSION, "apollogan": __version__,
-        "spec": spec.to_dict(), "packing": "packbits", "options": {**opt.__dict__, "time_shifts": list(opt.time_shifts)},
+        "spec": spec.to_dict(), "channels": spec.channel_names, "packing": "packbits",
+        "options": {**opt.__dict__, "time_shifts": list(opt.time_shifts)},
         "counts": {"files": len(files), "converted": len(sources), "skipped": dict(sorted(reasons.items())),
                    "windows": {s: len(writers[s].records["source"]) for s in SPLITS},
                    "sources_per_split": {s: sum(1 for x in sources if x["split"] == s) for s in SPLITS}},
@@ -222,12 +224,23 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--onset", action="store_true", help="add an onset channel: shape [2, P, T]")
     g.add_argument("--out-of-range", choices=["drop", "fold"], default=d.out_of_range,
                    help="notes outside the pitch window: drop (counted) or fold by octaves")
+    g.add_argument("--parts", choices=PART_MODES, default=d.part_mode,
+                   help="merge: one part of every track (default); tracks: each non-drum track its own part, "
+                        "in file order (files with fewer are skipped); skyline: melody (highest sounding pitch "
+                        "at each step) and accompaniment (the rest), for files whose tracks are not labelled")
+    g.add_argument("--num-parts", type=int, metavar="N",
+                   help="parts with --parts tracks (default 2: melody, then accompaniment; the last part "
+                        "also takes every later track)")
 
 
 def spec_from_args(a) -> RollSpec:
+    if a.num_parts is not None and a.parts != "tracks":
+        raise UserError(f"--num-parts: only with --parts tracks (--parts {a.parts} has "
+                        f"{1 if a.parts == 'merge' else 2} part(s))")
+    parts = {"merge": 1, "skyline": 2}.get(a.parts, a.num_parts or 2)
     try:
         return RollSpec(low=a.low, pitches=a.pitches, steps=a.steps, steps_per_beat=a.steps_per_beat,
-                        onset=a.onset, out_of_range=a.out_of_range)
+                        onset=a.onset, out_of_range=a.out_of_range, parts=parts, part_mode=a.parts)
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 OUT_OF_RANGE_RULES = ("drop", "fold")
+PART_MODES = ("merge", "tracks", "skyline")
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,13 @@ class RollSpec:
     MIDI's ticks-per-beat), ``steps_per_beat`` steps to the beat. Channel 0 is the sustain
     roll (the cell is sounding); with ``onset`` a channel 1 marks the step each note starts,
     so repeated notes of one pitch stay separate. Drum tracks (MIDI channel 10) are always
-    excluded; all other tracks are merged.
+    excluded.
+
+    Parts: ``part_mode`` "merge" (one part, every track merged), "tracks" (part k is the
+    k-th non-drum track with notes, in file order; the last part also takes every later
+    track) or "skyline" (two parts: the highest sounding pitch at each step, and the rest).
+    Channels go part by part, each part's sustain channel and then its onset channel, so
+    C = parts x (1 or 2). Part 0 is the melody; the parts after it are the accompaniment.
     """
 
     low: int = 30
@@ -28,6 +37,8 @@ class RollSpec:
     steps_per_beat: int = 4
     onset: bool = False
     out_of_range: str = "drop"  # notes outside the pitch window: "drop" (counted) or "fold" by octaves
+    parts: int = 1
+    part_mode: str = "merge"
 
     def __post_init__(self):
         if not 0 <= self.low <= 127 or self.pitches < 1 or self.low + self.pitches > 128:
@@ -38,10 +49,45 @@ class RollSpec:
             raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE_RULES}, not {self.out_of_range!r}")
         if self.out_of_range == "fold" and self.pitches < 12:
             raise ValueError("folding by octaves needs a pitch window of at least 12 pitches")
+        if self.part_mode not in PART_MODES:
+            raise ValueError(f"part_mode must be one of {PART_MODES}, not {self.part_mode!r}")
+        if self.parts < 1 or (self.part_mode == "merge") != (self.parts == 1) or \
+                (self.part_mode == "skyline" and self.parts != 2):
+            raise ValueError(f"{self.parts} part(s) with part_mode {self.part_mode!r}: merge has one part, "
+                             "skyline two, tracks two or more")
+
+    @property
+    def channels_per_part(self) -> int:
+        return 2 if self.onset else 1
 
     @property
     def channels(self) -> int:
-        return 2 if self.onset else 1
+        return self.parts * self.channels_per_part
+
+    def part_channels(self, part) -> slice:
+        """The channels of one part (an int) or of parts ``part.start`` onwards (a slice)."""
+        k = self.channels_per_part
+        if isinstance(part, slice):
+            return slice(part.start * k, (part.stop if part.stop is not None else self.parts) * k)
+        return slice(part * k, (part + 1) * k)
+
+    @property
+    def part_names(self) -> list[str]:
+        if self.parts == 1:
+            return ["all"]
+        if self.parts == 2:
+            return ["melody", "accompaniment"]
+        return ["melody"] + [f"part{k}" for k in range(1, self.parts)]
+
+    @property
+    def channel_names(self) -> list[str]:
+        kinds = ["sustain", "onset"][: self.channels_per_part]
+        return [f"{p}/{k}" for p in self.part_names for k in kinds]
+
+    def sustain(self, rolls):
+        """Merged sustain [..., P, T] of rolls [..., C, P, T]: any part sounding (numpy bool or torch)."""
+        s = rolls[..., :: self.channels_per_part, :, :]
+        return s.any(axis=-3) if isinstance(s, np.ndarray) else s.amax(dim=-3)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,6 +110,7 @@ class RollSpec:
         return cls(**d)
 
     def describe(self) -> str:
+        parts = "" if self.parts == 1 else f", {self.parts} parts by {self.part_mode} ({', '.join(self.part_names)})"
         return (f"[{self.channels}, {self.pitches}, {self.steps}] pitches {self.low}..{self.high}, "
                 f"{self.steps_per_beat} steps/beat, {'onset+sustain' if self.onset else 'sustain'}, "
-                f"out-of-range notes {self.out_of_range}")
+                f"out-of-range notes {self.out_of_range}{parts}")

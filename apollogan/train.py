@@ -142,8 +142,8 @@ def look_of(look: dict, n: int) -> dict:
     return {k: v[:n] for k, v in look.items()}
 
 
-def roll_stats(rolls: np.ndarray) -> dict:
-    x = rolls[:, 0].astype(bool)
+def roll_stats(rolls: np.ndarray, spec: RollSpec) -> dict:
+    x = spec.sustain(rolls.astype(bool))  # every part
     vals = {k: f(x) for k, f in TRAINING_STATS.items()}
     return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in vals.items()}
 
@@ -274,7 +274,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             writer.add_text("Run/spec", as_text(spec.describe()), 0)
             writer.add_text("Run/data", as_text(f"{root}\n" + summary(data.shards.manifest)), 0)
         sampling = sampling_inputs(family, root, data.shards, cfg, log)
-        sampling.update(real_stats=roll_stats(real_ref), real_ref=real_ref, real_look=real_look)
+        sampling.update(real_stats=roll_stats(real_ref, spec), real_ref=real_ref, real_look=real_look)
     sample_nets = {**family.modules, **ema}
 
     def state(gather: bool = True) -> dict:
@@ -391,7 +391,7 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
     seed, r = cfg.train.seed, cfg.run
     out = {"has_val": has_val, "grid_real": None, "grid_look": None, "metrics_real": None,
            "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
-    if family.wants_real(**family.sample_options):  # the LSTM's primers
+    if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
         grid = source.pick_indices(r.num_samples, seed + 12345)
         out.update(grid_real=torch.from_numpy(source.get_in_order(grid)), grid_look=window_look(source.records, grid),
@@ -404,7 +404,8 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
                 device) -> dict:
     """Image grid, audio and MIDI of the moving-average model on fixed random draws; statistics against real data."""
     from .audio import render
-    from .midi import notes_to_midi, roll_to_notes, save_midi
+    from .decode import part_names
+    from .midi import notes_to_midi, roll_to_parts, save_midi
 
     n = cfg.run.num_samples
     probs = family.sample(n, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,
@@ -428,12 +429,13 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
     writer.add_image("Samples/vs_real", roll_grid(pairs_rolls, nrow=2, **both, **draw), step)
     out = run_dir / "samples" / f"step-{step:07d}"
     for i, roll in enumerate(rolls[: max(cfg.run.audio_samples, 4)]):
-        notes = roll_to_notes(roll, spec)
-        save_midi(notes_to_midi(notes, spec), out / f"sample-{i:02d}.mid")
+        parts = roll_to_parts(roll, spec)
+        notes = np.concatenate(parts)
+        save_midi(notes_to_midi(parts, spec, names=part_names(spec)), out / f"sample-{i:02d}.mid")
         if i < cfg.run.audio_samples:  # an empty roll is logged as silence: that is worth hearing too
             wave = render(notes, spec, sample_rate=16000)
             writer.add_audio(f"Audio/sample_{i}", torch.from_numpy(wave)[None], step, sample_rate=16000)
-    stats = roll_stats(rolls)
+    stats = roll_stats(rolls, spec)
     for k, v in stats.items():
         writer.add_scalar(f"Stats/{k}/generated", v, step)
         writer.add_scalar(f"Stats/{k}/real", sampling["real_stats"][k], step)

@@ -70,3 +70,12 @@ def chunks(tmp_path_factory):
     preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(), WindowOptions(hop=64, val_fraction=0.2),
                progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def parts_chunks(tmp_path_factory):
+    """The same tunes with their two tracks as parts: melody (part 0) and chords (part 1)."""
+    out = tmp_path_factory.mktemp("parts_chunks")
+    preprocess(find_midi_files([NOTTINGHAM])[:40], out, RollSpec(parts=2, part_mode="tracks"),
+               WindowOptions(hop=64, val_fraction=0.2), progress=False)
+    return out

@@ -41,7 +41,7 @@ def tiny(tmp_path, chunks, family, *extra):
 
 
 def test_the_registry_and_the_configs_name_the_same_families():
-    assert set(FAMILIES) == set(FAMILY_CONFIGS) == {"dcgan", "lstm", "vae", "ae", "lstm_gan"}
+    assert set(FAMILIES) == set(FAMILY_CONFIGS) == {"dcgan", "lstm", "vae", "ae", "lstm_gan", "cond_gan"}
 
 
 @pytest.mark.parametrize("family", ["lstm", "vae", "ae", "lstm_gan"])

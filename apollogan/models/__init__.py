@@ -5,13 +5,16 @@ A family is built from (spec, config) and supplies:
     name, modules          its name and {name: nn.Module}: every network with weights
     ema_names              the modules whose moving average samples (and is validated)
     latent                 "noise", "codes" (of real windows) or None: what --interpolate walks
+    conditional            True when samples are drawn over the accompaniment of real windows
+                           (cond_gan); evaluate then also scores them against those windows
     sample_options         {option: default} that sample() takes beyond the common ones
     optimizers()           {name: optimiser}
     train_step(ctx)        one optimisation step (a StepContext from the loop); returns named
                            figures as tensors: "Loss/*" (checked for NaN), "GradNorm/*", others
     sample(n, generator, nets=, device=, real=, **options) -> rolls [n, C, P, T] in [0, 1]
     interpolate(k, generator, nets=, device=, real=)  (when latent is not None)
-    wants_real(**options)  whether sample() needs real windows (``real``), as the LSTM's primer
+    wants_real(**options)  whether sample() needs real windows (``real``): the LSTM's primers,
+                           the conditional GAN's accompaniment
     validate(windows, nets=, device=) -> {"Val/...": float}: the family's own held-out figures
     describe()             a line of parameter counts
 
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 from ..spec import RollSpec
 from .common import StepContext, count_params
+from .cond_gan import CondGAN
 from .dcgan import DCGAN, Discriminator, Generator, build_models, init_weights
 from .lstm import LSTMComposer
 from .lstm_gan import LSTMGAN
 from .vae import Autoencoder
 
-FAMILIES = {"dcgan": DCGAN, "lstm": LSTMComposer, "vae": Autoencoder, "ae": Autoencoder, "lstm_gan": LSTMGAN}
+FAMILIES = {"dcgan": DCGAN, "lstm": LSTMComposer, "vae": Autoencoder, "ae": Autoencoder, "lstm_gan": LSTMGAN, "cond_gan": CondGAN}
 
 __all__ = ["FAMILIES", "StepContext", "build_family", "count_params", "Generator", "Discriminator", "build_models",
            "init_weights"]

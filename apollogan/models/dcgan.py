@@ -71,13 +71,13 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch",
-                 outputs: int = 1):
+                 outputs: int = 1, in_channels: int | None = None):
         super().__init__()
         self.outputs = outputs
         n = _doublings(spec)
-        self.in_shape = spec.shape
+        self.in_shape = (in_channels or spec.channels, spec.pitches, spec.steps)
         wrap = spectral_norm if norm == "spectral" else (lambda m: m)
-        chans = [spec.channels] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
+        chans = [self.in_shape[0]] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
         if head == "none":
             chans[-1] = 1  # the last conv gives one logit per patch; they are averaged
         blocks = []

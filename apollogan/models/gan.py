@@ -14,21 +14,27 @@ from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss,
 from .common import StepContext, batches, count_params, grad_norm
 
 
-def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext) -> dict:
+def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
+             make_fake=None) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
     forward followed by its own backward, as DDP needs. ``freeze_d``: D's weights need no
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
+    ``make_fake(g_run, real)``: the rolls D judges, one per real window (default: G on fresh noise;
+    a conditional GAN puts its melody over the real window's accompaniment).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
+    if make_fake is None:
+        def make_fake(g_run, real):
+            return g_run(G.noise(real.shape[0], ctx.generator, ctx.device))
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
     out = {}
     for _ in range(t.d_steps):
         real = ctx.real_batch()
         with torch.no_grad(), ctx.autocast():
-            fake = g_run(G.noise(real.shape[0], ctx.generator, ctx.device)).float()
+            fake = make_fake(g_run, real).float()
         opt_d.zero_grad(set_to_none=True)
         with ctx.autocast():
             real_logits = d_run(real).float()
@@ -52,7 +58,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     D.requires_grad_(not freeze_d)  # the G step needs gradients through D, not of D's weights
     try:
         with ctx.autocast():
-            fake = g_run(G.noise(t.batch_size, ctx.generator, ctx.device))
+            fake = make_fake(g_run, real)  # over the last D batch's accompaniment when conditional
             with ctx.no_sync("D"):
                 if t.feature_matching > 0:
                     fake_logits_g, f_fake = d_run(fake.float().contiguous(memory_format=ctx.fmt), features=True)
@@ -84,6 +90,7 @@ class GANFamily:
 
     ema_names = ("G",)  # sampling uses the generator's moving average
     latent = "noise"  # --interpolate walks between two noise points
+    conditional = False  # True: samples are drawn over the accompaniment of real windows
     sample_options: dict = {}
     freeze_d = True  # see gan_step
     penalty_context = staticmethod(contextlib.nullcontext)  # see gan_step

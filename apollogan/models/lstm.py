@@ -63,6 +63,7 @@ class LSTMComposer:
     name = "lstm"
     ema_names = ("model",)
     latent = None  # no latent space: --interpolate is refused
+    conditional = False  # see models/__init__.py
     sample_options = {"prime": 16, "temperature": 1.0, "top_p": 1.0}
 
     def __init__(self, spec: RollSpec, cfg):

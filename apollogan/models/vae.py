@@ -56,13 +56,15 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def note_keys(rolls: np.ndarray, spec: RollSpec) -> np.ndarray:
-    """One integer per note of bool rolls [N, C, P, T], from (roll, pitch, start, end); notes as roll_to_notes
-    reads them (an onset inside a run starts a new note)."""
+    """One integer per note of bool rolls [N, C, P, T], from (roll, part, pitch, start, end); notes as
+    roll_to_notes reads them (an onset inside a run starts a new note)."""
     n, _, p, t = rolls.shape
-    start, last = note_bounds(rolls[:, 0], rolls[:, 1] if spec.onset and rolls.shape[1] > 1 else None)
-    r, pitch, s = np.nonzero(start)
-    _, _, e = np.nonzero(last)  # row-major order pairs each start with its own end
-    return ((r.astype(np.int64) * p + pitch) * t + s) * t + e
+    k = spec.channels_per_part
+    sus = rolls[:, ::k]  # [N, parts, P, T]
+    start, last = note_bounds(sus, rolls[:, 1::k] if k == 2 else None)
+    r, part, pitch, s = np.nonzero(start)
+    *_, e = np.nonzero(last)  # row-major order pairs each start with its own end
+    return (((r.astype(np.int64) * spec.parts + part) * p + pitch) * t + s) * t + e
 
 
 def note_f1(reference: np.ndarray, reconstruction: np.ndarray, spec: RollSpec) -> tuple[int, int, int]:
@@ -77,6 +79,7 @@ class Autoencoder:
 
     ema_names = ("model",)
     latent = "codes"  # --interpolate walks between the codes of two real windows
+    conditional = False  # see models/__init__.py
     sample_options: dict = {}
 
     def __init__(self, spec: RollSpec, cfg):
