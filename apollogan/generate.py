@@ -123,6 +123,9 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
         melody = [roll_to_parts(rolls[i * w + j], spec)[0] + np.array([0, j * spec.steps, j * spec.steps])
                   for j in range(w)]
         melody = np.concatenate(melody)
+        end = acc.roll.shape[-1]  # the tune's end: the last window's silent tail gets no melody
+        melody = melody[melody[:, 1] < end]
+        melody[:, 2] = np.minimum(melody[:, 2], end)
         vel = rng.normal(a.velocity, a.velocity_std, len(melody)) if a.velocity_std > 0 else np.full(len(melody), a.velocity)
         tune = Track(melody * np.array([1, tick, tick]), np.clip(np.rint(vel), 1, 127).astype(int), programs[0], "melody")
         save_midi(tracks_to_midi([tune, chords], tpq, tempo=tempo, time_signature=meter),
