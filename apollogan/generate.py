@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .checkpoint import family_from_checkpoint, resolve_checkpoint
 from .cli import UserError, run
 from .decode import check_programs, part_names
-from .midi import MidiError, Track, binarize, notes_to_midi, read_accompaniment, roll_to_parts, save_midi, tracks_to_midi
+from .midi import MidiError, Track, binarize, notes_to_midi, read_accompaniment, roll_to_parts, save_midi, tracks_to_midi, velocities
 from .shards import ShardSet
 
 
@@ -126,8 +126,8 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
         end = acc.roll.shape[-1]  # the tune's end: the last window's silent tail gets no melody
         melody = melody[melody[:, 1] < end]
         melody[:, 2] = np.minimum(melody[:, 2], end)
-        vel = rng.normal(a.velocity, a.velocity_std, len(melody)) if a.velocity_std > 0 else np.full(len(melody), a.velocity)
-        tune = Track(melody * np.array([1, tick, tick]), np.clip(np.rint(vel), 1, 127).astype(int), programs[0], "melody")
+        tune = Track(melody * np.array([1, tick, tick]), velocities(len(melody), a.velocity, a.velocity_std, rng),
+                     programs[0], "melody")
         save_midi(tracks_to_midi([tune, chords], tpq, tempo=tempo, time_signature=meter),
                   a.out / f"{stem}-melody-{i:03d}.mid")
     if a.png:

@@ -7,6 +7,7 @@ tempo changes need no special case: a beat is a quarter note whatever the meter 
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from dataclasses import dataclass, field
@@ -90,22 +91,34 @@ def _fit_pitches(pitch: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndar
     return folded, np.ones(len(pitch), bool), 0, n_out
 
 
-def read_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
-    """Read one MIDI file onto the spec's grid; raises MidiError with the reason it can't."""
+def read_bytes(path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
         raise MidiError(f"unreadable: {e.strerror or e}") from None
-    return parse_song(data, spec, max_beats)
+
+
+def load_score(data: bytes) -> symusic.Score:
+    """The bytes of a MIDI file parsed by symusic, after the header checks."""
+    check_header(data)
+    try:
+        return symusic.Score.from_midi(data)
+    except Exception as e:  # symusic raises plain RuntimeError/ValueError on malformed data
+        raise MidiError(f"corrupt MIDI: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
+    """Read one MIDI file onto the spec's grid; raises MidiError with the reason it can't."""
+    return parse_song(read_bytes(path), spec, max_beats)
 
 
 def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
     """The bytes of a MIDI file onto the spec's grid; raises MidiError with the reason it can't."""
-    check_header(data)
-    try:
-        score = symusic.Score.from_midi(data)
-    except Exception as e:  # symusic raises plain RuntimeError/ValueError on malformed data
-        raise MidiError(f"corrupt MIDI: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return score_to_song(load_score(data), spec, max_beats)
+
+
+def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
+    """A parsed file onto the spec's grid; raises MidiError with the reason it can't."""
     tpq = score.ticks_per_quarter
     spb = spec.steps_per_beat
 
@@ -272,19 +285,26 @@ def notes_to_midi(notes, spec: RollSpec, *, tempo: float = 120.0, program=0, vel
     parts = [notes] if isinstance(notes, np.ndarray) or not isinstance(notes, (list, tuple)) else list(notes)
     programs = np.broadcast_to(np.asarray(program, int).reshape(-1), (len(parts),))
     names = names or [""] * len(parts)
-    tpq = WRITE_TPQ if WRITE_TPQ % spec.steps_per_beat == 0 else spec.steps_per_beat * 120
+    tpq = write_tpq(spec.steps_per_beat)
     tick = tpq // spec.steps_per_beat
+    rng = rng or np.random.default_rng(0)
     tracks = []
     for part, prog, name in zip(parts, programs, names):
         part = np.asarray(part, dtype=np.int64).reshape(-1, 3)
-        if velocity_std > 0:
-            rng = rng or np.random.default_rng(0)
-            vel = rng.normal(velocity, velocity_std, len(part))
-        else:
-            vel = np.full(len(part), velocity, dtype=float)
-        ticks = part * np.array([1, tick, tick])
-        tracks.append(Track(ticks, np.clip(np.rint(vel), 1, 127).astype(int), int(prog), name))
+        tracks.append(Track(part * np.array([1, tick, tick]), velocities(len(part), velocity, velocity_std, rng),
+                            int(prog), name))
     return tracks_to_midi(tracks, tpq, tempo=tempo, time_signature=time_signature)
+
+
+def write_tpq(steps_per_beat: int) -> int:
+    """Ticks per beat of written files: WRITE_TPQ when a step is a whole number of its ticks."""
+    return WRITE_TPQ if WRITE_TPQ % steps_per_beat == 0 else steps_per_beat * 120
+
+
+def velocities(n: int, velocity: float, std: float, rng: np.random.Generator) -> np.ndarray:
+    """n MIDI velocities: constant, or Gaussian around ``velocity`` when std > 0; in 1..127."""
+    vel = rng.normal(velocity, std, n) if std > 0 else np.full(n, velocity, dtype=float)
+    return np.clip(np.rint(vel), 1, 127).astype(int)
 
 
 def tracks_to_midi(tracks: list[Track], tpq: int, *, tempo=120.0, time_signature=(4, 4)) -> mido.MidiFile:
@@ -341,19 +361,11 @@ def read_accompaniment(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS)
     """The lowest part of a file (the non-drum track with the lowest mean pitch), unchanged; or, for a
     file with one such track, its accompaniment by skyline (everything under the highest sounding
     pitch), which is written as read on the grid."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise MidiError(f"unreadable: {e.strerror or e}") from None
-    check_header(data)
-    try:
-        score = symusic.Score.from_midi(data)
-    except Exception as e:
-        raise MidiError(f"corrupt MIDI: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    score = load_score(read_bytes(path))
     tracks = [t for t in score.tracks if not t.is_drum and len(t.notes)]
-    grid = RollSpec(spec.low, spec.pitches, spec.steps, spec.steps_per_beat, spec.onset, spec.out_of_range)
+    grid = dataclasses.replace(spec, parts=1, part_mode="merge")
     if len(tracks) >= 2:
-        song = parse_song(data, RollSpec(**{**grid.to_dict(), "parts": len(tracks), "part_mode": "tracks"}), max_beats)
+        song = score_to_song(score, dataclasses.replace(grid, parts=len(tracks), part_mode="tracks"), max_beats)
         lowest = int(np.argmin([t.notes.numpy()["pitch"].mean() for t in tracks]))
         roll = notes_to_roll(song.notes[song.part == lowest], song.steps, grid)
         given = tracks[lowest].notes.numpy()
@@ -362,10 +374,10 @@ def read_accompaniment(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS)
         track = Track(notes, given["velocity"].astype(np.int64), int(tracks[lowest].program), tracks[lowest].name)
         tpq = score.ticks_per_quarter
     else:
-        song = parse_song(data, RollSpec(**{**grid.to_dict(), "parts": 2, "part_mode": "skyline"}), max_beats)
-        roll = song_roll(song, song.steps, RollSpec(**{**grid.to_dict(), "parts": 2, "part_mode": "skyline"}))
-        roll = roll[grid.channels:]
-        tpq = WRITE_TPQ if WRITE_TPQ % spec.steps_per_beat == 0 else spec.steps_per_beat * 120
+        sky = dataclasses.replace(grid, parts=2, part_mode="skyline")
+        song = score_to_song(score, sky, max_beats)
+        roll = song_roll(song, song.steps, sky)[grid.channels:]
+        tpq = write_tpq(spec.steps_per_beat)
         notes = _part_notes(roll, grid) * np.array([1, tpq // spec.steps_per_beat, tpq // spec.steps_per_beat])
         track = Track(notes, np.full(len(notes), 90), int(tracks[0].program), "accompaniment")
     if not roll.any():
