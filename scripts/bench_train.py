@@ -29,7 +29,7 @@ from apollogan.models import StepContext, build_family
 from apollogan.spec import RollSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-FAMILY_PRESETS = ["quick", "lstm", "vae", "ae", "lstm_gan", "apollogan"]
+FAMILY_PRESETS = ["quick", "lstm", "vae", "ae", "lstm_gan", "cond_gan", "apollogan"]
 
 
 def measure(preset: str, batch: int, steps: int, warmup: int, bf16: bool, channels_last: bool, compiled: bool,
@@ -38,7 +38,7 @@ def measure(preset: str, batch: int, steps: int, warmup: int, bf16: bool, channe
     if compiled:
         torch._dynamo.reset()  # fresh caches: otherwise each new model counts as a recompile of the last
     cfg = load_config(CONFIGS / f"{preset}.yaml", [f"train.batch_size={batch}"])
-    spec = RollSpec()
+    spec = RollSpec(parts=2, part_mode="tracks") if cfg.model.family == "cond_gan" else RollSpec()  # melody and chords
     torch.manual_seed(0)
     family = build_family(spec, cfg)
     if hasattr(family, "freeze_d"):
