@@ -16,8 +16,14 @@ from .cli import UserError
 
 @dataclass
 class DataConfig:
-    root: str = "chunks/nottingham"  # a shard set; the bundled tunes are preprocessed into it when missing
-    onset: bool = False  # spec used when the bundled data must be preprocessed first
+    """What the shards at ``root`` must have been made with (train checks their manifest). The bundled
+    tunes are preprocessed with these options when ``root`` is their folder (preprocess.bundled_root)."""
+
+    root: str = "chunks/nottingham"
+    onset: bool = False  # an onset channel beside the sustain channel
+    transpose: int = 0  # random transposed copies of each training window
+    time_shifts: list[int] = field(default_factory=list)  # extra training copies shifted by these many steps
+    meter: str = ""  # train on the windows in this meter only, for example 4/4 (empty: every window)
 
 
 @dataclass
@@ -32,6 +38,9 @@ class DCGANConfig:
     d_head: str = "fc2"  # discriminator head: "fc2" (reference: linear 512, linear 1), "fc1", "none"
     fc_dim: int = 512
     d_norm: str = "batch"  # "batch" (reference), "spectral", "none"
+    g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
+    binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
+    # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed
@@ -104,6 +113,7 @@ LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
 @dataclass
 class TrainConfig:
     steps: int = 20000  # optimiser steps (generator steps for the GANs)
+    time_limit: float = 0.0  # minutes: stop earlier, once the training steps have run this long (0: off)
     batch_size: int = 32
     lr_g: float = 2e-4  # GAN families
     lr_d: float = 2e-4
@@ -126,6 +136,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     name: str = "apollogan"
+    numbered: bool = True  # the run is NAME-NNN, the first number free; false: exactly NAME (once)
     runs_dir: str = "runs"
     checkpoints_dir: str = "checkpoints"
     log_every: int = 50
@@ -137,6 +148,7 @@ class RunConfig:
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)
     metrics_samples: int = 256
     val_windows: int = 512  # validation windows for the families' own figures (NLL, reconstruction)
+    meter: str = "4/4"  # free samples are scored as bars of this meter, against the validation windows in it
 
 
 @dataclass
@@ -159,6 +171,8 @@ CHOICES = {
     "model.noise": ("reference", "flat"),
     "model.d_head": ("fc2", "fc1", "none"),
     "model.d_norm": ("batch", "spectral", "none"),
+    "model.binary": ("none", "deterministic", "stochastic"),
+    "model.g_upsample": ("transposed", "nearest"),
     "train.loss": ("bce", "hinge", "wgan-gp"),
     "train.amp": ("auto", "bf16", "off"),
 }
@@ -183,7 +197,14 @@ def _coerce(key: str, value, typ):
     elif typ is str:
         if isinstance(value, str):
             return value
-    raise UserError(f"{key}: expected {typ.__name__}, got {value!r}")
+    elif typing.get_origin(typ) is list:
+        if isinstance(value, list):
+            return [_coerce(f"{key}[{i}]", v, typing.get_args(typ)[0]) for i, v in enumerate(value)]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # one value: a list of one
+            return [_coerce(key, value, typing.get_args(typ)[0])]
+        return _coerce(key, value, list)
+    name = typ.__name__ if isinstance(typ, type) else str(typ)
+    raise UserError(f"{key}: expected {name}, got {value!r}")
 
 
 def _apply(cfg: Config, key: str, value) -> None:
@@ -275,6 +296,14 @@ def _field_type(cfg: Config, key: str):
     return typing.get_type_hints(type(sub)).get(name) if dataclasses.is_dataclass(sub) else None
 
 
+def meter_of(text: str) -> tuple[int, int]:
+    """"6/8" -> (6, 8); ValueError for anything else."""
+    num, den = (int(v) for v in str(text).split("/"))
+    if num < 1 or den < 1:
+        raise ValueError(text)
+    return num, den
+
+
 def validate(cfg: Config) -> None:
     t, m = cfg.train, cfg.model
     for key in ("train.steps", "train.batch_size", "train.d_steps", "run.log_every",
@@ -301,9 +330,16 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.label_smoothing: smooths the targets of the bce loss; train.loss={t.loss} has none")
     if t.loss == "wgan-gp" and getattr(m, "d_norm", None) == "batch":
         raise UserError("train.loss=wgan-gp: the gradient penalty is per sample; use model.d_norm=spectral or none")
+    if t.time_limit < 0:
+        raise UserError("train.time_limit: must be >= 0 (minutes; 0 is off)")
     if t.grad_clip < 0 or getattr(m, "dropout", 0) < 0 or getattr(m, "dropout", 0) >= 1:
         raise UserError("train.grad_clip must be >= 0 and model.dropout in [0, 1)")
     if getattr(m, "beta", 0) < 0 or getattr(m, "beta_warmup", 0) < 0:
         raise UserError("model.beta and model.beta_warmup must be >= 0")
+    for key, text in (("run.meter", cfg.run.meter), ("data.meter", cfg.data.meter or "1/1")):
+        try:
+            meter_of(text)
+        except ValueError:
+            raise UserError(f"{key}: {text!r} is not a time signature such as 4/4 or 6/8") from None
     if not cfg.run.name or "/" in cfg.run.name:
         raise UserError(f"run.name: {cfg.run.name!r} must be a non-empty name without '/'")

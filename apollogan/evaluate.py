@@ -31,6 +31,7 @@ import io
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ import torch
 from tqdm import tqdm
 
 from .cli import UserError, atomic_write_bytes, atomic_write_json, find_midi_files, run
+from .config import meter_of
 from .metrics import PART_METRICS, metric_names, roll_metrics, split_parts, split_voices, steps_per_bar
+from .midi import binarize
 from .preprocess import WindowOptions, convert_file
 from .shards import ShardSet
 from .spec import RollSpec
@@ -172,18 +175,37 @@ def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress:
 
 # --- putting it together ----------------------------------------------------------------------
 
+def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
+    """Which validation windows are in ``meter`` (numerator, denominator); refuses a meter with none."""
+    r = val.records
+    mask = (r["ts_num"] == meter[0]) & (r["ts_den"] == meter[1])
+    if not mask.any():
+        counts = Counter(f"{n}/{d}" for n, d in zip(r["ts_num"].tolist(), r["ts_den"].tolist()))
+        have = ", ".join(f"{m} ({c})" for m, c in counts.most_common())
+        raise UserError(f"{val.root}: no validation window in {meter[0]}/{meter[1]} to compare with "
+                        f"(its meters: {have or 'none'})")
+    return mask
+
+
 def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
-                   per_roll: bool = False) -> dict:
+                   per_roll: bool = False, meter: tuple[int, int] | None = None) -> dict:
     """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation
     (of channel 0: the sustain of the melody when the rolls have parts, which a conditional model
     draws; its accompaniment is copied from real windows).
 
+    ``meter``: the generated rolls are all in this meter, so they are compared with the validation
+    windows in it only (bar metrics of 4/4 samples against 6/8 jigs would measure the meter, not
+    the model); None: with every window (rolls of mixed meters, each scored with its own ``bar``).
     ``per_roll``: also the value of every metric for every roll, under "per_roll" (arrays, not JSON)."""
     val = ShardSet(root, "val")
     spec = val.spec
     gen = roll_metrics(rolls, spec, bar)
     real = reference_metrics(root, "val", progress)
-    result = {"samples": int(len(rolls)), "real_windows": int(len(val)), **compare(gen, real)}
+    if meter is not None:
+        mask = same_meter(val, meter)
+        real = {k: v[mask] for k, v in real.items()}
+    result = {"samples": int(len(rolls)), "real_windows": int(len(next(iter(real.values())))),
+              "meter": f"{meter[0]}/{meter[1]}" if meter else "each window's own", **compare(gen, real)}
     if per_roll:
         result["per_roll"] = {"generated": gen, "real": real}
     if memo:
@@ -263,7 +285,8 @@ def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[n
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['samples']} samples vs {result['real_windows']} real validation windows",
+    meter = f" in {result['meter']}" if result.get("meter", "").count("/") else ""
+    lines = [f"{result['samples']} samples vs {result['real_windows']} real validation windows{meter}",
              "", "| metric | generated | real | gap (real std) | W1 | KS |", "| --- | --- | --- | --- | --- | --- |"]
     for k, v in result["metrics"].items():
         lines.append(f"| {k} | {v['generated_mean']:.3f} ± {v['generated_std']:.3f} | {v['real_mean']:.3f} ± "
@@ -312,8 +335,11 @@ def main(argv=None) -> int:
                                               "checkpoint's data.root, or chunks/nottingham)")
     ap.add_argument("--out", type=Path, help="JSON file for the full result")
     ap.add_argument("--threshold", type=float, default=0.5, help="binarisation of generated rolls (default %(default)s)")
-    ap.add_argument("--meter", default="4/4", help="time signature of generated rolls (default %(default)s; a "
-                                                   "conditional model's rolls take the meters of their chords' windows)")
+    ap.add_argument("--bernoulli", action="store_true", help="draw each cell of a generated roll with its "
+                                                              "probability instead of thresholding")
+    ap.add_argument("--meter", default="4/4", help="time signature of generated rolls; they are compared with the "
+                                                   "validation windows in it (default %(default)s; a conditional model's "
+                                                   "rolls take the meters of their chords' windows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
     ap.add_argument("--against", metavar="RUN", help="with a conditional checkpoint: also score this (unconditional) "
@@ -325,10 +351,10 @@ def main(argv=None) -> int:
     if a.num < 1:
         raise UserError("--num: must be at least 1")
     try:
-        num, den = (int(v) for v in a.meter.split("/"))
+        num, den = meter_of(a.meter)
     except ValueError:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
-    skipped, validation, family_name, cond = [], None, None, None
+    skipped, validation, family_name, cond, meter = [], None, None, None, None
     if a.checkpoint:
         from .checkpoint import family_from_checkpoint, resolve_checkpoint
         from .generate import draw, real_windows, sampling_options
@@ -338,18 +364,22 @@ def main(argv=None) -> int:
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
+        if len(val) and not family.wants_real(**opts):
+            same_meter(val, (num, den))  # and a meter the validation split does not have
         if a.against and not family.conditional:
             raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
         against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data) if a.against else None
-        rolls = draw(family, a.num, a.seed, opts, root).numpy() >= a.threshold
-        bar = steps_per_bar(num, den, spec.steps_per_beat)
-        if family.conditional:  # the same windows draw() took the accompaniment from, in their meters
+        rng = np.random.default_rng(a.seed) if a.bernoulli else None
+        rolls = binarize(draw(family, a.num, a.seed, opts, root).numpy(), a.threshold, rng)
+        bar, meter = steps_per_bar(num, den, spec.steps_per_beat), (num, den)
+        if family.conditional:  # the same windows draw() took the accompaniment from
             real = real_windows(root, spec, a.num, a.seed, "a conditional model")
             other = torch.roll(real, 1, dims=0)  # each window's melody drawn over its neighbour's chords
-            control = family.sample(a.num, torch.Generator().manual_seed(a.seed), real=other).numpy() >= a.threshold
+            control = binarize(family.sample(a.num, torch.Generator().manual_seed(a.seed), real=other).numpy(),
+                               a.threshold, rng)
             cond = conditioning(rolls, real.numpy(), spec, against, control)
-            if len(val):
-                bar = window_bars(val)[val.pick_indices(a.num, a.seed)]
+        if family.wants_real(**opts) and len(val):  # rolls that continue or accompany real windows keep their meters
+            bar, meter = window_bars(val)[val.pick_indices(a.num, a.seed)], None
         source, family_name = str(path), family.name
         if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
             windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
@@ -365,7 +395,7 @@ def main(argv=None) -> int:
         rolls, bar, skipped = encode_midi_folder(a.midi, spec)
         source = str(a.midi)
     result = {"source": source, "family": family_name, "data": str(root),
-              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation)}
+              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter)}
     result["skipped"] = skipped
     if cond:
         result["conditioning"] = cond

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -281,12 +282,38 @@ def main(argv=None) -> int:
     return 0
 
 
-def ensure_shards(root: Path, spec: RollSpec | None = None, log=print) -> Path:
-    """The bundled data's shards at ``root``, preprocessing them first when missing."""
+def data_options(data) -> tuple[RollSpec, WindowOptions]:
+    """The spec and window options a config's data section (config.DataConfig) asks for."""
+    return RollSpec(onset=data.onset), WindowOptions(transpose=data.transpose, time_shifts=tuple(data.time_shifts))
+
+
+def bundled_root(data) -> Path:
+    """Where the bundled tunes preprocessed with a data section's options live: chunks/nottingham for
+    the defaults, with a suffix per option otherwise (chunks/nottingham-onset-t2-s4.8)."""
+    tail = ("-onset" if data.onset else "") + (f"-t{data.transpose}" if data.transpose else "")
+    tail += "-s" + ".".join(map(str, data.time_shifts)) if data.time_shifts else ""
+    return DEFAULT_OUT.with_name(DEFAULT_OUT.name + tail)
+
+
+def data_mismatch(manifest: dict, data) -> str | None:
+    """How shards (their manifest) differ from what a config's data section asks for; None if they match."""
+    spec, opt = data_options(data)
+    have_opt = manifest.get("options", {})
+    have = {"onset": bool(manifest["spec"].get("onset")), "transpose": have_opt.get("transpose", 0),
+            "time_shifts": list(have_opt.get("time_shifts", []))}
+    want = {"onset": spec.onset, "transpose": opt.transpose, "time_shifts": list(opt.time_shifts)}
+    diff = [f"data.{k}={json.dumps(want[k])} (the shards have {json.dumps(have[k])})" for k in want if want[k] != have[k]]
+    return ", ".join(diff) or None
+
+
+def ensure_shards(root: Path, data=None, log=print) -> Path:
+    """The bundled data's shards at ``root``, preprocessing them with ``data``'s options (a config's data
+    section; None: the defaults) first when missing."""
     root = Path(root)
     if not (root / "manifest.json").is_file():
+        spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
         log(f"no shards at {root}: preprocessing the bundled data first")
-        m = preprocess(find_midi_files([bundled_data()]), root, spec or RollSpec(), WindowOptions())
+        m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
         log(summary(m))
     read_manifest(root)
     return root

@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from .cli import UserError, run
-from .config import Config, load_config
+from .cli import UserError, atomic_write_json, run
+from .config import Config, load_config, meter_of
 from .data import RollDataset
+from .evaluate import evaluate_rolls, same_meter
 from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
-from .preprocess import DEFAULT_OUT, ensure_shards
+from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import ShardSet
 from .spec import RollSpec
 
@@ -93,6 +94,31 @@ class BatchStream:
         return np.sort(self._perm[start:start + self.batch])  # sorted: memmap reads in file order
 
 
+class RunClock:
+    """Wall time of a run's loop, summed over resumes, and the part of it spent aside from training
+    steps (samples, metrics, checkpoints): samples/s counts the steps alone."""
+
+    def __init__(self, elapsed_s: float = 0.0, aside_s: float = 0.0):
+        self.before, self.aside_s, self.start = float(elapsed_s), float(aside_s), time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def training(self) -> float:
+        return self.elapsed() - self.aside_s
+
+    @contextlib.contextmanager
+    def aside(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.aside_s += time.perf_counter() - t0
+
+    def state(self) -> dict:
+        return {"elapsed_s": self.elapsed(), "aside_s": self.aside_s}
+
+
 def ema_decay_at(decay: float, step: int) -> float:
     """Warm-up: early on the average must forget the random initial weights quickly, or a short
     run's EMA generator mixes them with the batch-norm statistics of the trained one."""
@@ -118,6 +144,15 @@ def next_run_name(cfg: Config) -> str:
     return f"{cfg.run.name}-{max(used, default=0) + 1:03d}"
 
 
+def fixed_run_name(cfg: Config) -> str:
+    """run.numbered=false: the run is called run.name exactly (the ablation runner's cells), once."""
+    last = Path(cfg.run.checkpoints_dir) / cfg.run.name / "last.pt"
+    if last.exists():
+        raise UserError(f"{last}: run {cfg.run.name} exists; continue it with --resume {last.parent} "
+                        f"or choose another run.name")
+    return cfg.run.name
+
+
 def rng_state(gen: torch.Generator) -> dict:
     """Every RNG a run draws from, as tensors and plain values (what a weights-only load accepts)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -135,6 +170,17 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
     random.setstate(state["python"])
+
+
+def train_windows(shards: ShardSet, meter: str) -> np.ndarray:
+    """Indices of the training windows a run draws from: all, or those in ``meter`` (data.meter)."""
+    if not meter:
+        return np.arange(len(shards))
+    num, den = meter_of(meter)
+    keep = np.flatnonzero((shards.records["ts_num"] == num) & (shards.records["ts_den"] == den))
+    if len(keep) == 0:
+        raise UserError(f"data.meter={meter}: {shards.root} has no training window in that meter")
+    return keep
 
 
 def look_of(look: dict, n: int) -> dict:
@@ -186,13 +232,20 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     if ckpt and ckpt["family"] != cfg.model.family:
         raise UserError(f"model.family: the checkpoint is of family {ckpt['family']}; a resumed run keeps its family")
     root = Path(cfg.data.root)
-    if env.main and root == DEFAULT_OUT and not (root / "manifest.json").exists():
-        ensure_shards(root, RollSpec(onset=cfg.data.onset), log=log)
+    if env.main and root == bundled_root(cfg.data) and not (root / "manifest.json").exists():
+        ensure_shards(root, cfg.data, log=log)
     if env.world > 1:
         dist.barrier()  # the other ranks wait for rank 0's preprocessing
         if t.loss == "wgan-gp":
             raise UserError("train.loss=wgan-gp is single-process only (its double backward bypasses DDP)")
+        if t.time_limit:
+            raise UserError("train.time_limit is single-process only (the ranks' clocks would stop them at different steps)")
     data = RollDataset(root, "train", spec=RollSpec.from_dict(ckpt["spec"]) if ckpt else None, verify=env.main)
+    differs = data_mismatch(data.shards.manifest, cfg.data)
+    if differs:  # never train on other data than the config says
+        hint = (f"; data.root={bundled_root(cfg.data)} holds the bundled tunes made so"
+                if Path(cfg.data.root) == DEFAULT_OUT else "; preprocess with those options into another folder")
+        raise UserError(f"{root}: the config asks for {differs}{hint}")
     spec = data.spec
     torch.manual_seed(t.seed)
     try:
@@ -221,8 +274,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             raise UserError(f"checkpoint does not fit its {cfg.model.family} config "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         step, batches, run_name = ckpt["step"], ckpt["batches"], ckpt["run_name"]
+    elif env.main:
+        run_name = next_run_name(cfg) if cfg.run.numbered else fixed_run_name(cfg)
     else:
-        run_name = next_run_name(cfg) if env.main else None
+        run_name = None
     if env.world > 1:
         names = [run_name]
         dist.broadcast_object_list(names, src=0)
@@ -241,11 +296,12 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     def no_sync(name):
         return ddp_nets[name].no_sync() if env.world > 1 else contextlib.nullcontext()
 
-    stream = BatchStream(len(data), t.batch_size, t.seed, env.rank, env.world)
+    usable = train_windows(data.shards, cfg.data.meter)
+    stream = BatchStream(len(usable), t.batch_size, t.seed, env.rank, env.world)
 
     def real_batch():
         nonlocal batches
-        idx = stream.indices(batches)
+        idx = usable[stream.indices(batches)]  # sorted, as the stream's
         batches += 1
         x = torch.from_numpy(data.shards.get(idx)).to(device, non_blocking=True).float()
         return x.contiguous(memory_format=fmt)
@@ -258,10 +314,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
 
         writer = SummaryWriter(str(run_dir))
         if not ckpt:
-            log(f"run {run_name}: {family.name}, {family.describe()}, {len(data)} train windows of "
+            log(f"run {run_name}: {family.name}, {family.describe()}, {len(usable)} train windows of "
                 f"{list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, {env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
-        pick = np.random.default_rng(t.seed).choice(len(data), min(len(data), 512), replace=False)
+        pick = usable[np.random.default_rng(t.seed).choice(len(usable), min(len(usable), 512), replace=False)]
         real_ref = data.shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
         real_look = window_look(data.shards.records, pick)
         if not ckpt:
@@ -289,13 +345,14 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 "ema": {k: m.state_dict() for k, m in ema.items()},
                 "optimizers": {k: o.state_dict() for k, o in opts.items()}, "step": step, "batches": batches,
                 "rng": rngs, "world": env.world, "config": cfg.to_dict(), "spec": spec.to_dict(),
-                "run_name": run_name, "apollogan": __version__}
+                "run_name": run_name, "apollogan": __version__, "clock": clock.state()}
 
     def save(gather: bool = True):
         s = state(gather)  # every rank joins the RNG gather
         if env.main:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
 
+    clock = RunClock(**(ckpt.get("clock") or {}) if ckpt else {})
     first_bad = torch.tensor(-1, device=device)
     acc, grads = {}, {}  # figures summed over the log interval; gradient norms of the last logged step
     acc_n, last_log, last_time = 0, step, time.perf_counter()
@@ -325,6 +382,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             for k, m in ema.items():
                 ema_update(m, family.modules[k], ema_decay_at(t.ema_decay, step))
             step += 1
+            last = step == t.steps or (t.time_limit > 0 and clock.training() >= 60 * t.time_limit)
             with torch.no_grad():
                 loss = sum(v for k, v in figures.items() if k.startswith("Loss/"))
                 first_bad = torch.where((~torch.isfinite(loss)) & (first_bad < 0), step, first_bad)
@@ -336,7 +394,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             acc_n += 1
             bar.update()
 
-            if logging_now:
+            if logging_now or last:
                 check_finite()  # the one host sync of the interval
                 keys = list(acc) + list(grads)
                 vals = dict(zip(keys, torch.stack([acc[k] / acc_n for k in acc] + list(grads.values())).tolist()))
@@ -353,14 +411,17 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                                 | {"sps": f"{speed:.0f}"}, refresh=False)
                 acc, grads = {}, {}
                 acc_n, last_log, last_time = 0, step, now
-            if writer and (step % cfg.run.sample_every == 0 or step == t.steps):
-                final.update(log_samples(writer, family, sample_nets, sampling, spec, step, run_dir, cfg, device))
-            if writer and sampling["has_val"] and (
-                    (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or step == t.steps):
-                final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
-            if step % cfg.run.checkpoint_every == 0 or step == t.steps:
-                check_finite()
-                save()
+            with clock.aside():
+                if writer and (step % cfg.run.sample_every == 0 or last):
+                    final.update(log_samples(writer, family, sample_nets, sampling, spec, step, run_dir, cfg, device))
+                if writer and sampling["has_val"] and (
+                        (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
+                    final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
+                if step % cfg.run.checkpoint_every == 0 or last:
+                    check_finite()
+                    save()
+            if last:
+                break
     except KeyboardInterrupt:
         bar.close()
         # Ranks may be interrupted at different points, so no collective here: under DDP rank 0 saves
@@ -373,12 +434,16 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         bar.close()
         raise UserError(str(e)) from None
     bar.close()
+    timing = {"steps": step, "stopped_by": "steps" if step == t.steps else "time_limit",
+              "elapsed_s": round(clock.elapsed(), 3),
+              "samples_per_s": round(step * t.batch_size * env.world / max(clock.training(), 1e-9), 2)}
     if writer:
+        atomic_write_json(run_dir / "train.json", {"run_name": run_name, **timing, "figures": final})
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.flat().items()}
         writer.add_hparams(hp, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
         writer.close()
         log(f"done: {step} steps; checkpoint {ckpt_dir / 'last.pt'}; samples {run_dir / 'samples'}")
-    return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **final}
+    return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
 
 def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log) -> dict:
@@ -386,6 +451,8 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
     the data has them (training windows otherwise, for a primer only)."""
     val = ShardSet(root, "val", verify=False)
     has_val = len(val) > 0
+    if has_val and not family.wants_real(**family.sample_options):
+        same_meter(val, meter_of(cfg.run.meter))  # free samples need real windows of their meter
     if not has_val:
         log(f"{root} has no validation windows: the metrics against real data are skipped")
     seed, r = cfg.train.seed, cfg.run
@@ -394,8 +461,11 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
     if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
         grid = source.pick_indices(r.num_samples, seed + 12345)
+        picked = source.pick_indices(r.metrics_samples, seed + 999)
         out.update(grid_real=torch.from_numpy(source.get_in_order(grid)), grid_look=window_look(source.records, grid),
-                   metrics_real=torch.from_numpy(source.pick(r.metrics_samples, seed + 999)))
+                   metrics_real=torch.from_numpy(source.get_in_order(picked)),
+                   metrics_bars=steps_per_bar(source.records["ts_num"][picked], source.records["ts_den"][picked],
+                                              source.spec.steps_per_beat))
     return out
 
 
@@ -414,9 +484,9 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
     if sampling["grid_look"] is not None:  # primed samples continue real windows: beside them, in their meter
         real, real_look = sampling["grid_real"].numpy(), sampling["grid_look"]
         gen_look = real_look
-    else:  # free samples are scored in 4/4, beside a sample of the training windows
+    else:  # free samples are drawn in run.meter, beside a sample of the training windows
         real, real_look = sampling["real_ref"][:n], look_of(sampling["real_look"], n)
-        gen_look = {"meter": np.tile((4, 4), (n, 1)), "shift": np.zeros(n, int)}
+        gen_look = {"meter": np.tile(meter_of(cfg.run.meter), (n, 1)), "shift": np.zeros(n, int)}
     writer.add_image("Samples/ema", roll_grid(probs, binary=False, **gen_look, **draw), step)
     rolls = probs >= 0.5
     writer.add_image("Samples/ema_binary", roll_grid(rolls, **gen_look, **draw), step)
@@ -447,11 +517,14 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
                 device) -> dict:
     """The full metric set of samples against the cached real reference, memorisation, and the
     family's own validation figures (NLL, reconstruction), all of the moving-average model."""
-    from .evaluate import evaluate_rolls
-
     rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999), nets=nets,
                           device=device, real=sampling["metrics_real"], **family.sample_options).numpy() >= 0.5
-    res = evaluate_rolls(rolls, root, steps_per_bar(4, 4, spec.steps_per_beat), progress=False, per_roll=True)
+    if sampling["metrics_real"] is not None:  # rolls that continue or accompany real windows: in their meters
+        bar, meter = sampling["metrics_bars"], None
+    else:  # free samples: bars of run.meter, against the validation windows in it
+        meter = meter_of(cfg.run.meter)
+        bar = steps_per_bar(*meter, spec.steps_per_beat)
+    res = evaluate_rolls(rolls, root, bar, progress=False, per_roll=True, meter=meter)
     for name, row in res["metrics"].items():
         writer.add_scalar(f"Metrics/{name}/generated", row["generated_mean"], step)
         writer.add_scalar(f"Metrics/{name}/gap", row["gap"], step)

@@ -143,7 +143,7 @@ def test_cpu_smoke_preprocess_train_generate(tmp_path):
     r = run_module("apollogan.preprocess", *files, "--out", tmp_path / "chunks", "--quiet", "--onset")
     assert r.returncode == 0, r.stderr
     r = run_module("apollogan.train", "--config", REPO / "configs/quick.yaml", f"data.root={tmp_path}/chunks",
-                   "model.width=4", "train.steps=4", "train.batch_size=4", "run.log_every=2",
+                   "data.onset=true", "model.width=4", "train.steps=4", "train.batch_size=4", "run.log_every=2",
                    "run.sample_every=4", "run.checkpoint_every=4", f"run.runs_dir={tmp_path}/runs",
                    f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=smoke")
     assert r.returncode == 0, r.stderr
@@ -168,7 +168,7 @@ def test_cli_dry_run_and_bad_key(tmp_path):
     r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
         "batch_size, beta1, beta2, channels_last, compile, d_steps, ema_decay, feature_matching, gp_weight, " \
-        "grad_clip, label_smoothing, loss, lr, lr_d, lr_g, seed, steps)"
+        "grad_clip, label_smoothing, loss, lr, lr_d, lr_g, seed, steps, time_limit)"
 
 
 def test_two_process_ddp_on_cpu(tmp_path, chunks):

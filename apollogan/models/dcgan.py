@@ -1,6 +1,8 @@
 """model.family=dcgan: the DCGAN of the original ApolloGAN experiments, every size an argument.
 
-Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid.
+Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid
+               (optionally binary neurons in training: model.binary; or nearest-neighbour
+               upsampling then 3x3 convs: model.g_upsample=nearest).
 Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
 The number of layers follows from the roll shape and the noise shape (64 x 256 from 2 x 8 is
 five doublings); every derived size is computed, never hard-coded.
@@ -36,8 +38,9 @@ def _widths(width: int, n: int) -> list[int]:
 
 class Generator(nn.Module):
     def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
-                 noise_dim: int = 100):
+                 noise_dim: int = 100, binary: str = "none", upsample: str = "transposed"):
         super().__init__()
+        self.binary = binary
         n = _doublings(spec)
         self.noise_shape = (noise_channels, *NOISE_HW)
         self.out_shape = spec.shape
@@ -45,10 +48,15 @@ class Generator(nn.Module):
         # flat noise: a vector mapped linearly onto the [7, 2, 8] grid
         self.project = nn.Linear(noise_dim, math.prod(self.noise_shape)) if noise == "flat" else None
         chans = [noise_channels] + _widths(width, n)
+
+        def up(cin, cout, bias):  # each doubles both axes
+            if upsample == "nearest":  # resize, then convolve: no checkerboard of the strided transpose
+                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)]
+            return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias)]
         layers = []
         for cin, cout in zip(chans[:-1], chans[1:]):  # [B, 8d, 4, 16] ... [B, d, 32, 128]
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
-        layers += [nn.ConvTranspose2d(chans[-1], spec.channels, 4, 2, 1), nn.Sigmoid()]  # [B, C, 64, 256]
+            layers += [*up(cin, cout, False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+        layers += [*up(chans[-1], spec.channels, True), nn.Sigmoid()]  # [B, C, 64, 256]
         self.net = nn.Sequential(*layers)
 
     def noise(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -61,7 +69,13 @@ class Generator(nn.Module):
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
-        return self.net[:-1](z) if logits else self.net(z)
+        if logits:
+            return self.net[:-1](z)
+        p = self.net(z)
+        if self.binary == "none" or not self.training:
+            return p  # in eval mode binary neurons give their probabilities; sampling binarises them
+        hard = (p >= 0.5) if self.binary == "deterministic" else (torch.rand_like(p) < p)
+        return p + (hard.to(p.dtype) - p).detach()  # forward: 0/1; backward: the sigmoid's gradient
 
 
 class Discriminator(nn.Module):
@@ -124,7 +138,7 @@ def init_weights(m: nn.Module) -> None:
 
 
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
-    g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim)
+    g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample)
     d = Discriminator(spec, cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
     g.apply(init_weights)
     d.apply(init_weights)
