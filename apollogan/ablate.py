@@ -103,6 +103,7 @@ class Job:
     ckpt_dir: str
     cwd: str
     threads: int = 0  # OMP/MKL threads for the subprocesses (0: torch's default)
+    config: dict = field(default_factory=dict)  # the run's resolved config, to tell a changed base preset
 
 
 # --- the ablation file ---------------------------------------------------------------------------
@@ -220,9 +221,11 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
             eval_cmd = [py, "-m", "apollogan.evaluate", "--checkpoint", str(ckpt_dir), "--num", str(ab.eval_num),
                         "--seed", str(ab.eval_seed), "--meter", cfg.run.meter, *ab.eval_args, *cell.evaluate,
                         "--out", str(run_dir / "evaluate.json")]
+            resolved = load_config(ab.base, overrides + fixed + [f"run.name={run_name}", "run.numbered=false"])
             out.append(Job(ab.name, cell.name, seed, run_name, train_cmd, resume_cmd, eval_cmd, overrides,
                            ab.eval_args + cell.evaluate, steps, str(run_dir), str(ckpt_dir), os.getcwd(),
-                           threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0))
+                           threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
+                           config=resolved.to_dict()))
     return out
 
 
@@ -251,8 +254,10 @@ def _finished(job: Job) -> dict | None:
     if not path.is_file():
         return None
     final = json.loads(path.read_text())
-    if final.get("overrides") != job.overrides or final.get("evaluate_args") != job.eval_args:
-        raise UserError(f"{path}: this run was made with other overrides or evaluate arguments "
+    changed = final.get("overrides") != job.overrides or final.get("evaluate_args") != job.eval_args
+    changed = changed or final.get("config", job.config) != job.config  # the base preset changed under it
+    if changed:
+        raise UserError(f"{path}: this run was made with another config or other evaluate arguments "
                         f"({' '.join(final.get('overrides', []))}); remove {job.run_dir} and "
                         f"{job.ckpt_dir} to run it again")
     return final if final.get("steps") == job.steps else None
@@ -303,7 +308,7 @@ def run_job(job: Job) -> dict:
                  "trained_steps": trained["steps"], "stopped_by": trained.get("stopped_by", "steps"),
                  "wall_s": round(wall + time.perf_counter() - t0, 2), "train_loop_s": trained["elapsed_s"],
                  "samples_per_s": trained["samples_per_s"], "hardware": hardware(),
-                 "train_command": shlex.join(job.train_cmd), "evaluation": ev}
+                 "train_command": shlex.join(job.train_cmd), "config": job.config, "evaluation": ev}
         _log_hparams(run_dir / "final", job, final)
         atomic_write_json(run_dir / "final.json", final)
         return final
@@ -382,7 +387,8 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
     best = {}
     for col in cols:
         means = {c: np.nanmean(stats[c][col]) for c in cells if np.isfinite(stats[c][col]).any()}
-        best[col] = min(means, key=lambda c: score(col, means[c])) if means else None
+        top = min((score(col, m) for m in means.values()), default=None)
+        best[col] = {c for c, m in means.items() if score(col, m) == top}  # ties: all of them
 
     def table(columns) -> list[str]:
         head = ["cell", "seeds"] + [c.replace("memorisation_above_0.8", "IoU>0.8") for c in columns]
@@ -395,7 +401,7 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
                 v = stats[c][col][np.isfinite(stats[c][col])]
                 fmt = ".1%" if col.startswith("memorisation") else (".0f" if col in NO_DECIMALS else ".3f")
                 t = (f"{v.mean():{fmt}}" + (f" ± {v.std():{fmt}}" if len(v) > 1 else "")) if len(v) else "-"
-                txt.append(f"**{t}**" if best[col] == c and len(v) else t)
+                txt.append(f"**{t}**" if c in best[col] and len(v) else t)
             out.append(f"| {c} | {len(stats[c]['overall'])} | " + " | ".join(txt) + " |")
         return out
 

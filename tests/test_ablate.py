@@ -132,6 +132,13 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
     again = json.loads((base / "loss=hinge-s1" / "final.json").read_text())
     assert again["steps"] == 20 and torch.load(ck / "last.pt", weights_only=True)["step"] == 20
     assert all((base / k / "final.json").stat().st_mtime_ns == stamp[k] for k in finals if k != "loss=hinge-s1")
+    # a finished run whose resolved config differs (its base preset was edited) is not taken as done
+    f = base / "loss=bce-s0" / "final.json"
+    doc = json.loads(f.read_text())
+    doc["config"]["train"]["lr_g"] = 0.5
+    f.write_text(json.dumps(doc))
+    r = run_ablate(tmp_path, SMOKE)
+    assert r.returncode == 2 and "loss=bce-s0: " in r.stderr and "made with another config" in r.stderr
 
 
 def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
