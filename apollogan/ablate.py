@@ -129,6 +129,8 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
     """Read and check an ablation file; cells are checked against the config (one line per problem)."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
     except OSError as e:
         raise UserError(f"{path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
@@ -178,8 +180,10 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
     n_steps = doc.get("steps")
     for key, v, low in (("seeds", n_seeds, 1), ("steps", n_steps, 1), ("evaluate.num", ev.get("num", 1000), 1),
                         ("evaluate.seed", ev.get("seed", 0), 0)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+        if (v is not None or key != "steps") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
             raise UserError(f"{path}: {key}: expected an integer >= {low}, got {v!r}")
+    if not isinstance(ev.get("args", []), list) or not all(isinstance(x, str) for x in ev.get("args", [])):
+        raise UserError(f"{path}: evaluate.args: expected a list of evaluate arguments, for example [--bernoulli]")
     return Ablation(name=_slug(Path(path).stem), base=str(base), cells=cells, seeds=list(range(n_seeds)),
                     steps=n_steps, cli_steps=steps, overrides=_overrides(f"{path}: overrides", doc.get("overrides") or []),
                     eval_num=ev.get("num", 1000), eval_seed=ev.get("seed", 0),
@@ -249,17 +253,30 @@ def hardware() -> str:
     return f"{model.group(1).strip() if model else 'CPU'}, {os.cpu_count()} cores ({' '.join(units) or 'no AVX2'})"
 
 
+def _without_steps(config: dict) -> dict:
+    """A resolved config without train.steps: a run continued to more steps is the same run."""
+    return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "steps"}}
+
+
+def _same_config(job: Job, config: dict | None, what: Path) -> None:
+    """Refuse a run made (or begun) with another config than the ablation now asks for."""
+    if config is not None and _without_steps(config) != _without_steps(job.config):
+        theirs, ours = _without_steps(config), _without_steps(job.config)
+        diff = [f"{s}.{k}" for s in ours for k in ours[s] if theirs.get(s, {}).get(k) != ours[s][k]]
+        raise UserError(f"{what}: this run was made with another config ({', '.join(diff[:4]) or 'other keys'} "
+                        f"differ: the ablation file or its base preset changed); remove {job.run_dir} and "
+                        f"{job.ckpt_dir} to run it again")
+
+
 def _finished(job: Job) -> dict | None:
     path = Path(job.cwd, job.run_dir, "final.json")
     if not path.is_file():
         return None
     final = json.loads(path.read_text())
-    changed = final.get("overrides") != job.overrides or final.get("evaluate_args") != job.eval_args
-    changed = changed or final.get("config", job.config) != job.config  # the base preset changed under it
-    if changed:
-        raise UserError(f"{path}: this run was made with another config or other evaluate arguments "
-                        f"({' '.join(final.get('overrides', []))}); remove {job.run_dir} and "
-                        f"{job.ckpt_dir} to run it again")
+    if final.get("evaluate_args") != job.eval_args:
+        raise UserError(f"{path}: this run was evaluated with other arguments ({' '.join(final.get('evaluate_args', []))}); "
+                        f"remove {path} to evaluate it again")
+    _same_config(job, final.get("config"), path)
     return final if final.get("steps") == job.steps else None
 
 
@@ -286,7 +303,9 @@ def run_job(job: Job) -> dict:
             return {**done, "skipped": True}
         run_dir, ckpt = Path(job.cwd, job.run_dir), Path(job.cwd, job.ckpt_dir)
         t0 = time.perf_counter()
-        if (ckpt / "last.pt").exists():
+        if (ckpt / "last.pt").exists():  # an interrupted run, or one continued to more steps
+            begun = run_dir / "config.yaml"
+            _same_config(job, yaml.safe_load(begun.read_text()) if begun.is_file() else None, begun)
             _call(job.resume_cmd, run_dir / "train.log", job)
         else:  # a run that never saved leaves nothing worth keeping
             for folder in (run_dir, ckpt):
@@ -298,7 +317,7 @@ def run_job(job: Job) -> dict:
         wall = json.loads(wall_file.read_text())["train_s"] if wall_file.exists() else 0.0
         atomic_write_json(wall_file, {"train_s": wall + time.perf_counter() - t0})
         trained = json.loads((run_dir / "train.json").read_text())
-        if trained["steps"] != job.steps and trained.get("stopped_by") != "time_limit":
+        if trained["steps"] > job.steps or (trained["steps"] < job.steps and trained.get("stopped_by") != "time_limit"):
             raise RuntimeError(f"the checkpoint has {trained['steps']} steps, the ablation asks for {job.steps}; "
                                f"remove {job.run_dir} and {job.ckpt_dir} to run it again")
         _call(job.eval_cmd, run_dir / "evaluate.log", job)
@@ -325,7 +344,8 @@ def _log_hparams(folder: Path, job: Job, final: dict) -> None:
         k, _, v = o.partition("=")
         hp[k] = v
     ev = final["evaluation"]
-    metrics = {"final/overall": ev["overall"], "final/memorisation_above_0.8": ev["memorisation"]["above_0.8"],
+    metrics = {"final/overall": ev["overall"],
+               "final/memorisation_above_0.8": (ev.get("memorisation") or {}).get("above_0.8"),
                "final/samples_per_s": final["samples_per_s"], "final/wall_s": final["wall_s"]}
     metrics.update({f"final/{k}": v["generated_mean"] for k, v in ev["metrics"].items()})
     metrics = {k: (float("nan") if v is None else float(v)) for k, v in metrics.items()}
@@ -516,7 +536,8 @@ def main(argv=None) -> int:
     if finals:
         write_csv([result_row(f) for f in finals], ab.runs_dir / "results.csv")
     atomic_write_bytes(ab.runs_dir / "summary.md", summary(ab, finals, failed).encode())
-    print(f"wrote {ab.runs_dir / 'results.csv'} and {ab.runs_dir / 'summary.md'}")
+    print(f"wrote {ab.runs_dir / 'results.csv'} and " if finals else "wrote ", end="")
+    print(ab.runs_dir / "summary.md")
     if failed:
         raise UserError(f"{len(failed)} of {len(jobs)} runs failed: " + "; ".join(f["failed"] for f in failed))
     return 0

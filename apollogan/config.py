@@ -341,5 +341,8 @@ def validate(cfg: Config) -> None:
             meter_of(text)
         except ValueError:
             raise UserError(f"{key}: {text!r} is not a time signature such as 4/4 or 6/8") from None
+    if cfg.data.meter and meter_of(cfg.data.meter) != meter_of(cfg.run.meter):
+        raise UserError(f"data.meter={cfg.data.meter} trains on windows in {cfg.data.meter}, but run.meter="
+                        f"{cfg.run.meter} scores the samples as bars of {cfg.run.meter}; set run.meter too")
     if not cfg.run.name or "/" in cfg.run.name:
         raise UserError(f"run.name: {cfg.run.name!r} must be a non-empty name without '/'")

@@ -232,6 +232,9 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     if ckpt and ckpt["family"] != cfg.model.family:
         raise UserError(f"model.family: the checkpoint is of family {ckpt['family']}; a resumed run keeps its family")
     root = Path(cfg.data.root)
+    if root == DEFAULT_OUT and bundled_root(cfg.data) != DEFAULT_OUT and not (root / "manifest.json").exists():
+        raise UserError(f"{root} holds the bundled tunes made with the default data options; for these "
+                        f"(data.onset, data.transpose, data.time_shifts) set data.root={bundled_root(cfg.data)}")
     if env.main and root == bundled_root(cfg.data) and not (root / "manifest.json").exists():
         ensure_shards(root, cfg.data, log=log)
     if env.world > 1:
@@ -434,7 +437,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         bar.close()
         raise UserError(str(e)) from None
     bar.close()
-    timing = {"steps": step, "stopped_by": "steps" if step == t.steps else "time_limit",
+    timing = {"steps": step, "stopped_by": "steps" if step >= t.steps else "time_limit",
               "elapsed_s": round(clock.elapsed(), 3),
               "samples_per_s": round(step * t.batch_size * env.world / max(clock.training(), 1e-9), 2)}
     if writer:
@@ -451,10 +454,14 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
     the data has them (training windows otherwise, for a primer only)."""
     val = ShardSet(root, "val", verify=False)
     has_val = len(val) > 0
-    if has_val and not family.wants_real(**family.sample_options):
-        same_meter(val, meter_of(cfg.run.meter))  # free samples need real windows of their meter
     if not has_val:
         log(f"{root} has no validation windows: the metrics against real data are skipped")
+    elif not family.wants_real(**family.sample_options):
+        try:
+            same_meter(val, meter_of(cfg.run.meter))  # free samples are compared with real windows of their meter
+        except UserError as e:
+            log(f"{e}: the metrics against real data are skipped (set run.meter to one of them)")
+            has_val = False
     seed, r = cfg.train.seed, cfg.run
     out = {"has_val": has_val, "grid_real": None, "grid_look": None, "metrics_real": None,
            "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}

@@ -72,6 +72,9 @@ def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
     ("base: configs/nope.yaml\n", "base configs/nope.yaml: no such preset"),
     ("base: configs/quick.yaml\nseeds: 0\n", "seeds: expected an integer >= 1"),
     ("base: configs/quick.yaml\ngrids: {}\n", "unknown key(s) grids"),
+    ("base: configs/quick.yaml\nseeds: null\n", "seeds: expected an integer >= 1, got None"),
+    ("base: configs/quick.yaml\nevaluate: {args: --bernoulli}\n", "evaluate.args: expected a list"),
+    ("base: configs/quick.yaml\ngrid: {data.meter: [6/8]}\n", "data.meter=6/8 trains on windows in 6/8, but run.meter=4/4"),
 ])
 def test_bad_ablation_files_are_one_line(tmp_path, text, says):
     f = write(tmp_path / "bad.yaml", text)
@@ -179,7 +182,7 @@ def test_fixed_run_names_and_train_json(tmp_path, chunks):
     with pytest.raises(UserError, match="run t exists; continue it with --resume"):
         train(tiny(tmp_path, chunks, "run.numbered=false"), **QUIET)
     with pytest.raises(UserError, match="data.meter=5/4: .* has no training window in that meter"):
-        train(tiny(tmp_path / "b", chunks, "data.meter=5/4"), **QUIET)
+        train(tiny(tmp_path / "b", chunks, "data.meter=5/4", "run.meter=5/4"), **QUIET)
 
 
 def test_free_samples_are_compared_with_validation_windows_of_their_meter(chunks):
