@@ -135,6 +135,9 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
         raise UserError(f"{path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(doc, dict) and doc and set(doc) <= {"data", "model", "train", "run"}:
+        raise UserError(f"{path}: a training preset (python -m apollogan.train --config {path}); an ablation "
+                        f"file names one as `base:` and lists its cells")
     if not isinstance(doc, dict) or "base" not in doc:
         raise UserError(f"{path}: expected a mapping with at least `base: configs/PRESET.yaml`")
     unknown = set(doc) - FILE_KEYS
