@@ -178,7 +178,7 @@ def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress:
 def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
     """Which validation windows are in ``meter`` (numerator, denominator); refuses a meter with none."""
     r = val.records
-    mask = (r["ts_num"] == meter[0]) & (r["ts_den"] == meter[1])
+    mask = val.in_meter(*meter)
     if not mask.any():
         counts = Counter(f"{n}/{d}" for n, d in zip(r["ts_num"].tolist(), r["ts_den"].tolist()))
         have = ", ".join(f"{m} ({c})" for m, c in counts.most_common())

@@ -162,6 +162,10 @@ class ShardSet:
         """``n`` windows chosen with ``seed`` (see pick_indices), uint8 [n, C, P, T]."""
         return self.get_in_order(self.pick_indices(n, seed))
 
+    def in_meter(self, num: int, den: int) -> np.ndarray:
+        """Which windows are in the time signature num/den (bool per window)."""
+        return (self.records["ts_num"] == num) & (self.records["ts_den"] == den)
+
     def source_of(self, i: int) -> dict:
         return self.sources[int(self.records["source"][i])]
 

@@ -176,8 +176,7 @@ def train_windows(shards: ShardSet, meter: str) -> np.ndarray:
     """Indices of the training windows a run draws from: all, or those in ``meter`` (data.meter)."""
     if not meter:
         return np.arange(len(shards))
-    num, den = meter_of(meter)
-    keep = np.flatnonzero((shards.records["ts_num"] == num) & (shards.records["ts_den"] == den))
+    keep = np.flatnonzero(shards.in_meter(*meter_of(meter)))
     if len(keep) == 0:
         raise UserError(f"data.meter={meter}: {shards.root} has no training window in that meter")
     return keep
