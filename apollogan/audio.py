@@ -56,7 +56,7 @@ def synth(notes: np.ndarray, spec: RollSpec, tempo: float = 120.0, sample_rate: 
 def fluidsynth(notes, spec: RollSpec, tempo: float, sample_rate: int, soundfont: str) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         mid, wav = Path(tmp) / "x.mid", Path(tmp) / "x.wav"
-        notes_to_midi(notes, spec, tempo=tempo).save(str(mid))
+        mid.write_bytes(notes_to_midi(notes, spec, tempo=tempo).dumps_midi())
         subprocess.run(["fluidsynth", "-ni", "-g", "1.0", "-F", str(wav), "-r", str(sample_rate), "-T", "wav",
                         soundfont, str(mid)], check=True, capture_output=True, timeout=120)
         with wave.open(str(wav)) as w:

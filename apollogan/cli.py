@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".npz")  # .npz: pypianoroll Multitrack files
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = REPO_ROOT / "data" / "nottingham" / "full"
 
@@ -33,8 +33,9 @@ def run(main) -> None:
     sys.exit(code or 0)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path`` (after an fsync,
+    so the file survives a crash of the machine, unless ``fsync`` is False)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -42,8 +43,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,7 +57,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def find_midi_files(inputs) -> list[Path]:
-    """Files given directly, plus every MIDI file below each folder, sorted and without repeats."""
+    """Files given directly, plus every MIDI (or pianoroll .npz) file below each folder, sorted and without
+    repeats."""
     found: dict[str, Path] = {}
     for item in inputs:
         p = Path(item)

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         mid = notes_to_midi(roll_to_parts(roll, shards.spec), shards.spec, tempo=src["tempo"], program=programs,
                             time_signature=(rec["ts_num"], rec["ts_den"]), names=part_names(shards.spec))
         stem = f"{a.split}-{i:06d}"
-        save_midi(mid, a.out / f"{stem}.mid")
+        save_midi(mid, a.out / f"{stem}.mid", durable=False)
         if a.png:
             save_rolls_png(roll[None], a.out / f"{stem}.png", nrow=1, meter=look["meter"][j], shift=look["shift"][j],
                            **draw)

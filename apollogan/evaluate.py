@@ -161,8 +161,8 @@ def nearest_iou(samples: np.ndarray, train: ShardSet, chunk: int = 2048, device=
     return best.cpu().numpy(), arg.cpu().numpy()
 
 
-def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress: bool = True) -> dict:
-    iou, idx = nearest_iou(samples, train, progress=progress)
+def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress: bool = True, device="cpu") -> dict:
+    iou, idx = nearest_iou(samples, train, progress=progress, device=device)
     order = np.argsort(-iou)[:worst]
     return {
         **{f"above_{t}": float((iou > t).mean()) for t in IOU_THRESHOLDS},
@@ -188,7 +188,7 @@ def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
-                   per_roll: bool = False, meter: tuple[int, int] | None = None) -> dict:
+                   per_roll: bool = False, meter: tuple[int, int] | None = None, device="cpu") -> dict:
     """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation
     (of channel 0: the sustain of the melody when the rolls have parts, which a conditional model
     draws; its accompaniment is copied from real windows).
@@ -209,7 +209,8 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     if per_roll:
         result["per_roll"] = {"generated": gen, "real": real}
     if memo:
-        result["memorisation"] = memorisation(rolls[:, 0], ShardSet(root, "train", verify=False), progress=progress)
+        result["memorisation"] = memorisation(rolls[:, 0], ShardSet(root, "train", verify=False), progress=progress,
+                                              device=device)
     return result
 
 
@@ -248,26 +249,28 @@ def conditioning(rolls: np.ndarray, real: np.ndarray, spec: RollSpec, against=No
     return {"windows": int(len(real)), "rows": rows}
 
 
-def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, data) -> tuple[str, np.ndarray, RollSpec]:
+def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, data,
+                 device="cpu") -> tuple[str, np.ndarray, RollSpec]:
     """Rolls of another checkpoint (an unconditional model) to set beside a conditional one."""
     from .checkpoint import family_from_checkpoint, resolve_checkpoint
     from .generate import draw
 
     where, ckpt = resolve_checkpoint(path)
-    family, other, cfg = family_from_checkpoint(ckpt)
+    family, other, cfg = family_from_checkpoint(ckpt, device=device)
     same = ("low", "pitches", "steps", "steps_per_beat")
     if any(getattr(other, k) != getattr(spec, k) for k in same):
         raise UserError(f"--against {path}: its rolls ({other.describe()}) are not on the grid of the "
                         f"conditional model ({spec.describe()})")
-    rolls = draw(family, num, seed, dict(family.sample_options), data or Path(cfg.data.root)).numpy() >= threshold
+    rolls = draw(family, num, seed, dict(family.sample_options), data or Path(cfg.data.root), device).numpy() >= threshold
     return f"{ckpt.get('run_name') or where} ({family.name})", rolls, other
 
 
 def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
-    """Every MIDI file below ``folder`` as non-overlapping windows of the spec; bad files named and skipped."""
+    """Every MIDI (or pianoroll .npz) file below ``folder`` as non-overlapping windows of the spec; bad files
+    named and skipped."""
     files = find_midi_files([folder])
     if not files:
-        raise UserError(f"{folder}: no MIDI files (.mid, .midi, .kar)")
+        raise UserError(f"{folder}: no MIDI (.mid, .midi, .kar) or .npz files")
     opt = WindowOptions(hop=spec.steps, min_cells=1)
     rolls, bars, skipped = [], [], []
     c, p, t = spec.shape
@@ -329,7 +332,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="checkpoint file, folder or run name")
-    src.add_argument("--midi", type=Path, metavar="DIR", help="score a folder of MIDI files instead")
+    src.add_argument("--midi", type=Path, metavar="DIR", help="score a folder of MIDI (or pianoroll .npz) files instead")
     ap.add_argument("--num", type=int, default=1000, help="samples from the checkpoint (default %(default)s)")
     ap.add_argument("--data", type=Path, help="shard set to compare with and to prime from (default: the "
                                               "checkpoint's data.root, or chunks/nottingham)")
@@ -342,6 +345,8 @@ def main(argv=None) -> int:
                                                    "rolls take the meters of their chords' windows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
+    ap.add_argument("--device", default="auto", help="where the checkpoint samples and the nearest-window search "
+                    "runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N")
     ap.add_argument("--against", metavar="RUN", help="with a conditional checkpoint: also score this (unconditional) "
                                                      "model's melodies over the same chords")
     from .generate import add_sampling_args
@@ -355,12 +360,15 @@ def main(argv=None) -> int:
     except ValueError:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
     skipped, validation, family_name, cond, meter = [], None, None, None, None
+    from .generate import pick_device
+
+    device = pick_device(a.device)
     if a.checkpoint:
         from .checkpoint import family_from_checkpoint, resolve_checkpoint
         from .generate import draw, real_windows, sampling_options
 
         path, ckpt = resolve_checkpoint(a.checkpoint)
-        family, spec, cfg = family_from_checkpoint(ckpt)
+        family, spec, cfg = family_from_checkpoint(ckpt, device=device)
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
@@ -368,14 +376,15 @@ def main(argv=None) -> int:
             same_meter(val, (num, den))  # and a meter the validation split does not have
         if a.against and not family.conditional:
             raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
-        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data) if a.against else None
+        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data, device) if a.against else None
         rng = np.random.default_rng(a.seed) if a.bernoulli else None
-        rolls = binarize(draw(family, a.num, a.seed, opts, root).numpy(), a.threshold, rng)
+        rolls = binarize(draw(family, a.num, a.seed, opts, root, device).numpy(), a.threshold, rng)
         bar, meter = steps_per_bar(num, den, spec.steps_per_beat), (num, den)
         if family.conditional:  # the same windows draw() took the accompaniment from
             real = real_windows(root, spec, a.num, a.seed, "a conditional model")
             other = torch.roll(real, 1, dims=0)  # each window's melody drawn over its neighbour's chords
-            control = binarize(family.sample(a.num, torch.Generator().manual_seed(a.seed), real=other).numpy(),
+            control = binarize(family.sample(a.num, torch.Generator().manual_seed(a.seed), real=other,
+                                             device=device).numpy(),
                                a.threshold, rng)
             cond = conditioning(rolls, real.numpy(), spec, against, control)
         if family.wants_real(**opts) and len(val):  # rolls that continue or accompany real windows keep their meters
@@ -383,7 +392,7 @@ def main(argv=None) -> int:
         source, family_name = str(path), family.name
         if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
             windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
-            figures = family.validate(torch.from_numpy(windows))
+            figures = family.validate(torch.from_numpy(windows), device=device)
             validation = {"windows": len(windows), **figures} if figures else None
     else:
         if a.against:
@@ -395,7 +404,7 @@ def main(argv=None) -> int:
         rolls, bar, skipped = encode_midi_folder(a.midi, spec)
         source = str(a.midi)
     result = {"source": source, "family": family_name, "data": str(root),
-              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter)}
+              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter, device=device)}
     result["skipped"] = skipped
     if cond:
         result["conditioning"] = cond

@@ -5,6 +5,7 @@
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
     python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
     python -m apollogan.generate --checkpoint cond_gan-001 --condition tune.mid --num 4 --out samples/over
+    python -m apollogan.generate --checkpoint quick-001 --num 1000 --format mid npz --device cuda
 
 --condition FILE (cond_gan): melodies over the chords of FILE, its lowest track (the
 accompaniment by skyline when it has one track). The file is cut into windows of the
@@ -32,6 +33,30 @@ from .cli import UserError, run
 from .decode import check_programs, part_names
 from .midi import MidiError, Track, binarize, notes_to_midi, read_accompaniment, roll_to_parts, save_midi, tracks_to_midi, velocities
 from .shards import ShardSet
+
+FORMATS = ("mid", "npz")
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto (the GPU when there is one), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device on this machine "
+                        f"({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def add_device_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default="auto", help="where the model samples: auto (the GPU when there is one, "
+                    "default), cpu, cuda, cuda:N; the noise is drawn on the CPU, so samples match across devices "
+                    "up to floating-point rounding")
 
 
 def add_sampling_args(ap: argparse.ArgumentParser) -> None:
@@ -109,7 +134,7 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
     except MidiError as e:
         raise UserError(f"{a.condition}: {e}") from None
     real, w = condition_windows(acc, spec, a.num)
-    probs = family.sample(len(real), gen, real=real)
+    probs = family.sample(len(real), gen, real=real, device=a.device)
     rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
     tpq = math.lcm(acc.tpq, spec.steps_per_beat)  # the chords' ticks and the melody's steps both exact
     tick, up = tpq // spec.steps_per_beat, tpq // acc.tpq
@@ -129,7 +154,7 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
         tune = Track(melody * np.array([1, tick, tick]), velocities(len(melody), a.velocity, a.velocity_std, rng),
                      programs[0], "melody")
         save_midi(tracks_to_midi([tune, chords], tpq, tempo=tempo, time_signature=meter),
-                  a.out / f"{stem}-melody-{i:03d}.mid")
+                  a.out / f"{stem}-melody-{i:03d}.mid", durable=False)
     if a.png:
         from .images import save_rolls_png, spec_look
 
@@ -156,6 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--velocity", type=float, default=90, help="mean velocity (default %(default)s)")
     ap.add_argument("--velocity-std", type=float, default=0.0, help="Gaussian velocity spread (default constant)")
     ap.add_argument("--png", action="store_true", help="also a PNG per file and a grid of all")
+    ap.add_argument("--format", nargs="+", choices=FORMATS, default=["mid"], metavar="F",
+                    help="mid (MIDI files, default) and/or npz (pypianoroll Multitrack files: one binary track per "
+                         "part at the model's steps per beat; repeated notes without a gap merge there)")
+    add_device_arg(ap)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--interpolate", type=int, metavar="K", help="K files along a line through the latent space")
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not their moving average")
@@ -166,8 +195,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
         raise UserError("--tempo and --num must be positive, --interpolate at least 2")
+    a.device = pick_device(a.device)
+    if a.condition and "npz" in a.format:
+        raise UserError("--format npz: --condition writes the chords as given in the file, which a pianoroll "
+                        "cannot hold at the model's grid; use --format mid")
     path, ckpt = resolve_checkpoint(a.checkpoint)
-    family, spec, cfg = family_from_checkpoint(ckpt, ema=not a.raw)
+    family, spec, cfg = family_from_checkpoint(ckpt, device=a.device, ema=not a.raw)
     programs = check_programs(a.program, spec)
     opts = sampling_options(family, a)
     root = a.data or Path(cfg.data.root)
@@ -181,9 +214,9 @@ def main(argv=None) -> int:
         ends = None
         if family.latent == "codes" or family.conditional:  # two windows' codes; one window's chords
             ends = real_windows(root, spec, 2, a.seed, "--interpolate")
-        probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends)
+        probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends, device=a.device)
     else:
-        probs = draw(family, a.num, a.seed, opts, root)
+        probs = draw(family, a.num, a.seed, opts, root, device=a.device)
     rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = "interp" if a.interpolate else "sample"
@@ -191,9 +224,14 @@ def main(argv=None) -> int:
     for i, roll in enumerate(tqdm(rolls, desc="generate", unit="file", file=sys.stderr)):
         parts = roll_to_parts(roll, spec)
         empty += sum(map(len, parts)) == 0
-        save_midi(notes_to_midi(parts, spec, tempo=a.tempo, program=programs, velocity=a.velocity,
-                                velocity_std=a.velocity_std, rng=rng, names=part_names(spec)),
-                  a.out / f"{stem}-{i:03d}.mid")
+        if "mid" in a.format:
+            save_midi(notes_to_midi(parts, spec, tempo=a.tempo, program=programs, velocity=a.velocity,
+                                    velocity_std=a.velocity_std, rng=rng, names=part_names(spec)),
+                      a.out / f"{stem}-{i:03d}.mid", durable=False)
+        if "npz" in a.format:
+            from .pianoroll import rolls_to_multitrack, save_npz
+
+            save_npz(rolls_to_multitrack(roll, spec, tempo=a.tempo, programs=programs), a.out / f"{stem}-{i:03d}.npz")
     if a.png:
         from .images import save_rolls_png, spec_look
 
@@ -201,7 +239,8 @@ def main(argv=None) -> int:
         for i, roll in enumerate(rolls):
             save_rolls_png(roll[None], a.out / f"{stem}-{i:03d}.png", nrow=1, **look)
         save_rolls_png(rolls, a.out / f"{stem}-grid.png", nrow=4, **look)
-    print(f"wrote {len(rolls)} MIDI files to {a.out} from {path} ({family.name})"
+    what = " and ".join({"mid": "MIDI", "npz": ".npz"}[f] for f in dict.fromkeys(a.format))
+    print(f"wrote {len(rolls)} {what} files to {a.out} from {path} ({family.name})"
           + (f" ({empty} without notes)" if empty else ""))
     return 0
 

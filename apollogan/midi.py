@@ -1,19 +1,17 @@
 """The codec pair: MIDI file -> notes -> binary roll, and roll -> notes -> MIDI file.
 
-Reading uses symusic (a C++ MIDI parser, about 100x faster than mido on the bundled data);
-writing uses mido. Notes travel as an int array [N, 3] of (pitch, start, end) in steps,
-end exclusive. Time is quantised in beats from each file's ticks-per-beat, so 6/8 and
+Reading and writing use symusic, a C++ MIDI library many times faster than mido both ways
+(docs/data.md has the figures). Notes travel as an int array [N, 3] of (pitch, start, end)
+in steps, end exclusive. Time is quantised in beats from each file's ticks-per-beat, so 6/8 and
 tempo changes need no special case: a beat is a quarter note whatever the meter or tempo.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mido
 import numpy as np
 import symusic
 
@@ -117,20 +115,68 @@ def parse_song(data: bytes, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) 
     return score_to_song(load_score(data), spec, max_beats)
 
 
+@dataclass
+class SourceTrack:
+    """One track of an input file, its notes in the file's ticks (MIDI or a pianoroll .npz)."""
+
+    name: str
+    program: int
+    is_drum: bool
+    pitch: np.ndarray  # int64 [N]
+    on: np.ndarray  # int64 [N] first tick
+    off: np.ndarray  # int64 [N] end tick, exclusive
+
+
 def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
     """A parsed file onto the spec's grid; raises MidiError with the reason it can't."""
-    tpq = score.ticks_per_quarter
-    spb = spec.steps_per_beat
+    tracks = []
+    for t in score.tracks:
+        a = t.notes.numpy()
+        on = a["time"].astype(np.int64)
+        tracks.append(SourceTrack(t.name, int(t.program), bool(t.is_drum), a["pitch"].astype(np.int64), on,
+                                  on + a["duration"].astype(np.int64)))
+    ts = score.time_signatures.numpy()
+    meters = np.stack([ts["time"], ts["numerator"], ts["denominator"]], 1).astype(np.int64)
+    tempos = score.tempos.numpy()
+    tempo = 60_000_000.0 / float(tempos["mspq"][0]) if len(tempos["mspq"]) else 120.0
+    return build_song(tracks, score.ticks_per_quarter, meters, np.asarray(score.get_downbeats()), tempo, spec,
+                      max_beats)
 
-    parts = [t.notes.numpy() for t in score.tracks if not t.is_drum]
-    parts = [p for p in parts if len(p["time"])]
-    if not parts:
+
+def select_parts(tracks: list[SourceTrack], spec: RollSpec) -> tuple[list[SourceTrack], np.ndarray]:
+    """The tracks that make the roll and the part of each, by the spec's part rule; raises MidiError
+    when the file cannot fill the spec's parts."""
+    tracks = [t for t in tracks if not t.is_drum and len(t.pitch)]
+    if not tracks:
         raise MidiError("no notes outside drum tracks")
-    if spec.part_mode == "tracks" and len(parts) < spec.parts:
-        raise MidiError(f"too few tracks: {len(parts)} non-drum track(s) with notes, the spec has {spec.parts} parts")
-    on = np.concatenate([p["time"] for p in parts]).astype(np.int64)
-    off = on + np.concatenate([p["duration"] for p in parts]).astype(np.int64)
-    pitch = np.concatenate([p["pitch"] for p in parts]).astype(np.int64)
+    if spec.part_mode != "tracks":
+        return tracks, np.zeros(len(tracks), np.int64)
+    if not spec.part_tracks:  # track k is part k; the last part also takes every later track
+        if len(tracks) < spec.parts:
+            raise MidiError(f"too few tracks: {len(tracks)} non-drum track(s) with notes, "
+                            f"the spec has {spec.parts} parts")
+        return tracks, np.minimum(np.arange(len(tracks)), spec.parts - 1)
+    part = np.array([spec.part_of_track(t.name, t.program) for t in tracks])
+    for k, sel in enumerate(spec.part_tracks):
+        if not (part == k).any():
+            raise MidiError(f"no notes for part {k} ({sel}): non-drum tracks with notes are "
+                            + ", ".join(f"{t.name or '(unnamed)'} [program {t.program}]" for t in tracks))
+    keep = part >= 0
+    return [t for t, k in zip(tracks, keep) if k], part[keep]
+
+
+def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeats: np.ndarray, tempo: float,
+               spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
+    """Tracks in ticks of ``tpq`` onto the spec's grid, with the file's meters [K, 3] (tick, numerator,
+    denominator), bar lines in ticks and first tempo in BPM; raises MidiError with the reason it can't."""
+    spb = spec.steps_per_beat
+    if tpq <= 0:
+        raise MidiError(f"resolution of {tpq} ticks per beat")
+    total = sum(len(t.pitch) for t in tracks if not t.is_drum)
+    tracks, track_part = select_parts(tracks, spec)
+    on = np.concatenate([t.on for t in tracks])
+    off = np.concatenate([t.off for t in tracks])
+    pitch = np.concatenate([t.pitch for t in tracks])
     if on.min() < 0:
         raise MidiError("negative note times")
     beats = off.max() / tpq
@@ -142,15 +188,11 @@ def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT
     pitch, keep, dropped, folded = _fit_pitches(pitch, spec)
     notes = np.stack([pitch, start, end], axis=1)[keep]  # in track order; the roll needs no sorting
     part = None
-    if spec.part_mode == "tracks":  # track k is part k; the last part also takes every later track
-        track = np.repeat(np.arange(len(parts)), [len(p["time"]) for p in parts])
-        part = np.minimum(track, spec.parts - 1)[keep]
+    if spec.part_mode == "tracks":
+        part = np.repeat(track_part, [len(t.pitch) for t in tracks])[keep]
 
-    ts = score.time_signatures.numpy()
-    ts_arr = np.stack([_ticks_to_steps(ts["time"], tpq, spb), ts["numerator"], ts["denominator"]], 1).astype(np.int64)
-    downbeats = _ticks_to_steps(np.asarray(score.get_downbeats()), tpq, spb)  # sorted
-    tempos = score.tempos.numpy()
-    tempo = 60_000_000.0 / float(tempos["mspq"][0]) if len(tempos["mspq"]) else 120.0
+    meters = np.asarray(meters, np.int64).reshape(-1, 3)
+    ts_arr = np.stack([_ticks_to_steps(meters[:, 0], tpq, spb), meters[:, 1], meters[:, 2]], 1)
     stats = {
         "notes": int(len(on)),
         "notes_dropped_pitch": dropped,
@@ -158,8 +200,11 @@ def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT
         "onsets_off_grid": int(((on * spb) % tpq != 0).sum()),
         "offsets_off_grid": int(((off * spb) % tpq != 0).sum()),
     }
+    if len(on) < total:  # tracks the spec's part selection leaves out
+        stats["notes_unselected"] = total - int(len(on))
     steps = int(notes[:, 2].max()) if len(notes) else int(end.max())
-    return Song(notes, steps, downbeats, ts_arr, round(tempo, 3), stats, part)
+    downbeats = _ticks_to_steps(np.asarray(downbeats, np.int64), tpq, spb)  # sorted
+    return Song(notes, steps, downbeats, ts_arr, round(float(tempo), 3), stats, part)
 
 
 def song_roll(song: Song, steps: int, spec: RollSpec, offset: int = 0) -> np.ndarray:
@@ -278,7 +323,7 @@ class Track:
 
 def notes_to_midi(notes, spec: RollSpec, *, tempo: float = 120.0, program=0, velocity: float = 90,
                   velocity_std: float = 0.0, time_signature=(4, 4), rng: np.random.Generator | None = None,
-                  names=None) -> mido.MidiFile:
+                  names=None) -> symusic.Score:
     """Notes in steps -> a MIDI file: one array [N, 3] gives one track, a list of them (one per
     part) one track each. ``program`` is one for every track or one per track. Velocity is
     constant, or Gaussian when std > 0."""
@@ -307,43 +352,31 @@ def velocities(n: int, velocity: float, std: float, rng: np.random.Generator) ->
     return np.clip(np.rint(vel), 1, 127).astype(int)
 
 
-def tracks_to_midi(tracks: list[Track], tpq: int, *, tempo=120.0, time_signature=(4, 4)) -> mido.MidiFile:
+def tracks_to_midi(tracks: list[Track], tpq: int, *, tempo=120.0, time_signature=(4, 4)) -> symusic.Score:
     """A type-1 file, one MIDI track (and channel, skipping the drum channel 10) per Track; the
     first also carries the tempo and time signature: one value each, or lists of (tick, bpm) and
-    (tick, numerator, denominator) for a file whose tempo or meter changes."""
+    (tick, numerator, denominator) for a file whose tempo or meter changes.
+
+    Built with symusic, whose writer encodes a few hundred notes in tens of microseconds (mido
+    builds and validates one Python object per message, about 60x slower); at one tick a
+    repeated note is released before it is struck again.
+    """
     tempos = [(0, tempo)] if np.ndim(tempo) == 0 else list(tempo)
     meters = [(0, *time_signature)] if np.ndim(time_signature) == 1 else list(time_signature)
-    conductor = [(int(t), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(b))) for t, b in tempos] + \
-                [(int(t), mido.MetaMessage("time_signature", numerator=int(n), denominator=int(d)))
-                 for t, n, d in meters]
-    conductor.sort(key=lambda e: e[0])
-    mid = mido.MidiFile(type=1, ticks_per_beat=int(tpq))
-    for k, tr in enumerate(tracks):
+    score = symusic.Score(int(tpq))
+    for t, bpm in tempos:
+        score.tempos.append(symusic.Tempo(int(t), float(bpm)))
+    for t, n, d in meters:
+        score.time_signatures.append(symusic.TimeSignature(int(t), int(n), int(d)))
+    for tr in tracks:
         notes = np.asarray(tr.notes, dtype=np.int64).reshape(-1, 3)
-        vel = np.asarray(tr.velocity, dtype=np.int64).reshape(-1)
-        channel = k + (k >= 9)
-        # Events (time, kind, pitch, velocity); kind 0 = note off sorts before kind 1 = note on at
-        # the same tick, so a repeated note is released before it is struck again.
-        n = len(notes)
-        ev = np.concatenate([
-            np.stack([notes[:, 2], np.zeros(n, int), notes[:, 0], np.zeros(n, int)], 1),
-            np.stack([notes[:, 1], np.ones(n, int), notes[:, 0], vel], 1),
-        ])
-        ev = ev[np.lexsort((ev[:, 2], ev[:, 1], ev[:, 0]))]
-        events = [(0, mido.MetaMessage("track_name", name=tr.name))] if tr.name else []
-        events += conductor if k == 0 else []
-        events.append((0, mido.Message("program_change", program=int(tr.program), channel=channel)))
-        events += [(t, mido.Message("note_on" if kind else "note_off", note=p, velocity=v, channel=channel))
-                   for t, kind, p, v in ev.tolist()]
-        events.sort(key=lambda e: e[0])  # stable: at one tick, meta before notes, offs before ons
-        track = mido.MidiTrack()
-        now = 0
-        for t, msg in events:
-            track.append(msg.copy(time=t - now))
-            now = t
-        track.append(mido.MetaMessage("end_of_track", time=0))
-        mid.tracks.append(track)
-    return mid
+        vel = np.broadcast_to(np.asarray(tr.velocity, dtype=np.int64).reshape(-1), (len(notes),))
+        track = symusic.Track(tr.name, int(tr.program), False)
+        track.notes = symusic.Note.from_numpy(time=notes[:, 1].astype(np.int32),
+                                              duration=(notes[:, 2] - notes[:, 1]).astype(np.int32),
+                                              pitch=notes[:, 0].astype(np.int8), velocity=vel.astype(np.int8))
+        score.tracks.append(track)
+    return score
 
 
 @dataclass
@@ -389,11 +422,12 @@ def read_accompaniment(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS)
     return Accompaniment(roll, track, int(tpq), tempos, meters)
 
 
-def save_midi(mid: mido.MidiFile, path) -> None:
-    """Write atomically so an interrupted run never leaves half a file under the final name."""
-    buf = io.BytesIO()
-    mid.save(file=buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+def save_midi(score: symusic.Score, path, durable: bool = True) -> None:
+    """Write atomically so an interrupted run never leaves half a file under the final name.
+
+    ``durable=False`` skips the fsync: for batches of regenerable files (samples, decoded
+    windows), where an fsync per file would cost more than writing them."""
+    atomic_write_bytes(Path(path), score.dumps_midi(), fsync=durable)
 
 
 def match_notes(reference: np.ndarray, candidate: np.ndarray) -> int:

@@ -3,6 +3,7 @@
     python -m apollogan.preprocess                       # bundled Nottingham tunes -> chunks/nottingham
     python -m apollogan.preprocess my_midi/ --out chunks/mine --onset --transpose 2
     python -m apollogan.preprocess --parts tracks --out chunks/nottingham-parts   # melody and chords
+    python -m apollogan.preprocess lpd_5_cleansed/ --out chunks/lpd5 --workers 8  # pypianoroll .npz files
 
 Windows start on bar lines (the first downbeat at or after every ``hop`` steps), so bar
 metrics line up with the window. Files are split into train/val by name, never by window.
@@ -27,7 +28,8 @@ from tqdm import tqdm
 from . import __version__
 from .cli import UserError, bundled_data, find_midi_files, run
 from .midi import DEFAULT_MAX_BEATS, MidiError, Song, read_song, song_roll
-from .shards import FORMAT, SPLITS, VERSION, WINDOW_FIELDS, ShardWriter, read_manifest, write_manifest
+from .pianoroll import NPZ_SUFFIX, read_npz_song
+from .shards import FORMAT, SKIPPED, SOURCES, SPLITS, VERSION, JsonLines, ShardWriter, is_current, read_manifest, write_manifest
 from .spec import PART_MODES, RollSpec
 
 DEFAULT_OUT = Path("chunks/nottingham")
@@ -106,10 +108,17 @@ def _transpose(win: np.ndarray, rng: np.random.Generator, copies: int, max_shift
     return out, w, v
 
 
+def read_input(path: Path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
+    """A MIDI file, or a pypianoroll Multitrack .npz, onto the spec's grid (MidiError: why not)."""
+    if Path(path).suffix.lower() == NPZ_SUFFIX:
+        return read_npz_song(path, spec, max_beats)
+    return read_song(path, spec, max_beats)
+
+
 def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: WindowOptions) -> FileResult:
     """One file -> its packed windows and per-window records; errors become a reason string."""
     try:
-        song = read_song(path, spec, opt.max_beats)
+        song = read_input(path, spec, opt.max_beats)
     except MidiError as e:
         return FileResult(error=str(e))
     base = window_starts(song, song.steps, spec, opt.hop)
@@ -147,54 +156,60 @@ def _convert_job(args):
 
 def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions, workers: int = 1,
                shard_windows: int = 8192, progress: bool = True, log=print) -> dict:
-    """Convert ``files`` into a shard set at ``out`` and return its manifest."""
+    """Convert ``files`` into a shard set at ``out`` and return its manifest.
+
+    Windows, their records and the per-file lines stream to disk as files finish, so memory
+    stays flat however many files there are; the manifest holds only totals.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # the old set is invalid from here on
     writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
-    sources, skipped, reasons, totals = [], [], Counter(), Counter()
-    splits = [split_of(f, opt.val_fraction) for f in files]
-    jobs = [(f, i, s, spec, opt) for i, (f, s) in enumerate(zip(files, splits))]
+    sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
+    reasons, totals, per_split = Counter(), Counter(), Counter()
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress, file=sys.stderr)
     try:
         batch = 256  # bounded batches keep memory flat however many files there are
-        for lo in range(0, len(jobs), batch):
-            chunk = jobs[lo:lo + batch]
+        for lo in range(0, len(files), batch):
+            chunk = [(f, lo + i, split_of(f, opt.val_fraction), spec, opt) for i, f in enumerate(files[lo:lo + batch])]
             results = pool.imap(_convert_job, chunk, chunksize=8) if pool else map(_convert_job, chunk)
             for (path, _, split, _, _), res in zip(chunk, results):
                 bar.update()
                 if res.error:
-                    skipped.append({"path": _display_path(path), "reason": res.error})
+                    skipped.add({"path": _display_path(path), "reason": res.error})
                     reasons[res.error.split(":")[0]] += 1
                     bar.write(f"skip {path}: {res.error}", file=sys.stderr)
                     continue
                 # records["source"] holds the file index; renumber to the index among converted files
-                res.records["source"] = np.full(len(res.packed), len(sources))
+                res.records["source"] = np.full(len(res.packed), sources.count)
                 writers[split].add(res.packed, res.records)
-                sources.append({"path": _display_path(path), "split": split, "windows": int(len(res.packed)), **res.info})
+                sources.add({"path": _display_path(path), "split": split, "windows": int(len(res.packed)), **res.info})
+                per_split[split] += 1
                 totals.update(res.stats)
-            bar.set_postfix(windows=sum(len(w.records["source"]) for w in writers.values()), skipped=len(skipped),
-                            refresh=False)
+            bar.set_postfix(windows=sum(w.windows for w in writers.values()), skipped=skipped.count, refresh=False)
+        records = {s: writers[s].close() for s in SPLITS}
+        files_entry = {"sources": sources.close(), "skipped": skipped.close()}
+    except BaseException:
+        for w in list(writers.values()) + [sources, skipped]:
+            w.discard()
+        raise
     finally:
         bar.close()
         if pool:
             pool.terminate()
-    for w in writers.values():
-        w.close()
     manifest = {
         "format": FORMAT, "version": VERSION, "apollogan": __version__,
         "spec": spec.to_dict(), "channels": spec.channel_names, "packing": "packbits",
         "options": {**opt.__dict__, "time_shifts": list(opt.time_shifts)},
-        "counts": {"files": len(files), "converted": len(sources), "skipped": dict(sorted(reasons.items())),
-                   "windows": {s: len(writers[s].records["source"]) for s in SPLITS},
-                   "sources_per_split": {s: sum(1 for x in sources if x["split"] == s) for s in SPLITS}},
+        "counts": {"files": len(files), "converted": sources.count, "skipped": dict(sorted(reasons.items())),
+                   "windows": {s: writers[s].windows for s in SPLITS},
+                   "sources_per_split": {s: per_split[s] for s in SPLITS}},
         "stats": dict(sorted(totals.items())),
-        "sources": sources, "skipped": skipped,
         "shards": {s: writers[s].shards for s in SPLITS},
-        "windows": {s: {k: writers[s].records[k] for k in WINDOW_FIELDS} for s in SPLITS},
+        "records": records, **files_entry,
     }
-    if sources:
+    if sources.count:
         write_manifest(out, manifest)
         keep = {sh["file"] for s in SPLITS for sh in writers[s].shards}
         for stale in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
@@ -232,16 +247,25 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--num-parts", type=int, metavar="N",
                    help="parts with --parts tracks (default 2: melody, then accompaniment; the last part "
                         "also takes every later track)")
+    g.add_argument("--part-tracks", nargs="+", metavar="SEL",
+                   help="with --parts tracks: part k takes the tracks matching the k-th SEL, a comma-separated "
+                        "list of track names (any case) and General MIDI programs or ranges, e.g. "
+                        "--part-tracks Guitar Piano,Bass,Strings (LPD-5) or 0-7 32-39; other tracks are left out "
+                        "and files with a part empty are skipped")
 
 
 def spec_from_args(a) -> RollSpec:
-    if a.num_parts is not None and a.parts != "tracks":
-        raise UserError(f"--num-parts: only with --parts tracks (--parts {a.parts} has "
-                        f"{1 if a.parts == 'merge' else 2} part(s))")
-    parts = {"merge": 1, "skyline": 2}.get(a.parts, a.num_parts or 2)
+    for flag, given in (("--num-parts", a.num_parts is not None), ("--part-tracks", a.part_tracks)):
+        if given and a.parts != "tracks":
+            raise UserError(f"{flag}: only with --parts tracks (--parts {a.parts} has "
+                            f"{1 if a.parts == 'merge' else 2} part(s))")
+    if a.part_tracks and a.num_parts not in (None, len(a.part_tracks)):
+        raise UserError(f"--num-parts {a.num_parts}: --part-tracks gives {len(a.part_tracks)} parts")
+    parts = {"merge": 1, "skyline": 2}.get(a.parts, len(a.part_tracks or ()) or a.num_parts or 2)
     try:
         return RollSpec(low=a.low, pitches=a.pitches, steps=a.steps, steps_per_beat=a.steps_per_beat,
-                        onset=a.onset, out_of_range=a.out_of_range, parts=parts, part_mode=a.parts)
+                        onset=a.onset, out_of_range=a.out_of_range, parts=parts, part_mode=a.parts,
+                        part_tracks=tuple(a.part_tracks or ()))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -249,7 +273,8 @@ def spec_from_args(a) -> RollSpec:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m apollogan.preprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files or folders (default: bundled Nottingham full/)")
+    ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files (.mid, .midi, .kar), pypianoroll .npz files "
+                    "or folders of them (default: bundled Nottingham full/)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
     ap.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
     add_spec_args(ap)
@@ -273,11 +298,11 @@ def main(argv=None) -> int:
                         a.val_fraction, a.seed, a.max_beats)
     files = find_midi_files(a.inputs or [bundled_data()])
     if not files:
-        raise UserError(f"no MIDI files (.mid, .midi, .kar) in {', '.join(map(str, a.inputs))}")
+        raise UserError(f"no MIDI (.mid, .midi, .kar) or .npz files in {', '.join(map(str, a.inputs))}")
     print(f"{len(files)} files -> {a.out}  spec {spec.describe()}", file=sys.stderr)
     m = preprocess(files, a.out, spec, opt, workers=a.workers, shard_windows=a.shard_windows, progress=not a.quiet)
     print(summary(m))
-    if not m["sources"]:
+    if not m["counts"]["converted"]:
         raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
     return 0
 
@@ -308,11 +333,12 @@ def data_mismatch(manifest: dict, data) -> str | None:
 
 def ensure_shards(root: Path, data=None, log=print) -> Path:
     """The bundled data's shards at ``root``, preprocessing them with ``data``'s options (a config's data
-    section; None: the defaults) first when missing."""
+    section; None: the defaults) first when missing or of an older format."""
     root = Path(root)
-    if not (root / "manifest.json").is_file():
+    if not is_current(root):
         spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
-        log(f"no shards at {root}: preprocessing the bundled data first")
+        why = "an older format" if (root / "manifest.json").is_file() else "no shards"
+        log(f"{why} at {root}: preprocessing the bundled data first")
         m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
         log(summary(m))
     read_manifest(root)

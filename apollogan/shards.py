@@ -1,18 +1,26 @@
 """Shards on disk: bit-packed windows that np.memmap reads directly, plus a JSON manifest.
 
-Layout of a shard set folder:
-    manifest.json        format version, spec, counts, sources, per-window records, checksums
+Layout of a shard set folder (docs/formats.md describes every field):
+    manifest.json        format version, spec, options, counts, statistics, checksums; small
     train-00000.bin ...  windows of the train split, each ceil(C*P*T/8) bytes (np.packbits)
     val-00000.bin ...    windows of the validation split
+    train-windows.npy    one record per train window (source, offset, transpose, shift, meter)
+    val-windows.npy      the same for the validation split
+    sources.jsonl        one line per converted file: path, split, windows, tempo, steps, notes
+    skipped.jsonl        one line per skipped file: path and reason
 
 Bit-packing costs almost nothing to read (np.unpackbits runs at memory speed) and takes
-8x less disk than uint8; scripts/bench_data.py measures both. The manifest is written
-last, so a folder without one is an unfinished set and is refused.
+8x less disk than uint8; scripts/bench_data.py measures both. Everything that grows with
+the corpus streams to disk as it is made, so preprocessing memory stays flat however many
+files there are. The manifest is written last, so a folder without one is an unfinished set
+and is refused.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +29,11 @@ from .cli import UserError, atomic_write_bytes
 from .spec import RollSpec
 
 FORMAT = "apollogan-shards"
-VERSION = 1
+VERSION = 2  # 1 kept the per-window records and the sources inside manifest.json
 SPLITS = ("train", "val")
 WINDOW_FIELDS = ("source", "offset", "transpose", "shift", "ts_num", "ts_den")
+RECORD_DTYPE = np.dtype([(k, "<i4") for k in WINDOW_FIELDS])
+SOURCES, SKIPPED = "sources.jsonl", "skipped.jsonl"
 
 
 def packed_size(spec: RollSpec) -> int:
@@ -32,7 +42,8 @@ def packed_size(spec: RollSpec) -> int:
 
 
 class ShardWriter:
-    """Streams windows of one split into shard files of at most ``shard_windows`` windows."""
+    """Streams windows of one split into shard files of at most ``shard_windows`` windows, and
+    their records into ``SPLIT-windows.npy``; memory holds at most one shard's windows."""
 
     def __init__(self, root: Path, split: str, spec: RollSpec, shard_windows: int = 8192):
         self.root, self.split, self.spec = Path(root), split, spec
@@ -40,12 +51,18 @@ class ShardWriter:
         self.buffer: list[np.ndarray] = []
         self.buffered = 0
         self.shards: list[dict] = []
-        self.records = {k: [] for k in WINDOW_FIELDS}
+        self.windows = 0
+        self.record_file = f"{split}-windows.npy"
+        self._raw_path = self.root / f".{split}-windows.raw"
+        self._raw = open(self._raw_path, "wb")
 
     def add(self, packed: np.ndarray, records: dict) -> None:
         """packed: uint8 [N, packed_size]; records: one array of N values per WINDOW_FIELDS."""
+        rows = np.empty(len(packed), RECORD_DTYPE)
         for k in WINDOW_FIELDS:
-            self.records[k].extend(np.asarray(records[k]).tolist())
+            rows[k] = records[k]
+        self._raw.write(rows.tobytes())
+        self.windows += len(packed)
         self.buffer.append(packed)
         self.buffered += len(packed)
         while self.buffered >= self.shard_windows:
@@ -60,18 +77,69 @@ class ShardWriter:
         atomic_write_bytes(self.root / name, raw)
         self.shards.append({"file": name, "windows": int(len(out)), "sha256": hashlib.sha256(raw).hexdigest()})
 
-    def close(self) -> None:
+    def close(self) -> dict:
+        """Write the last shard and the records file; returns the records' manifest entry."""
         if self.buffered:
             self._flush(self.buffered)
+        self._raw.close()
+        header = {"descr": np.lib.format.dtype_to_descr(RECORD_DTYPE), "fortran_order": False,
+                  "shape": (self.windows,)}
+        path = self.root / self.record_file
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f, open(self._raw_path, "rb") as raw:  # copied in blocks, never all in memory
+            np.lib.format.write_array_header_1_0(f, header)
+            shutil.copyfileobj(raw, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.discard()
+        return {"file": self.record_file, "windows": self.windows, "sha256": _sha256(path)}
+
+    def discard(self) -> None:
+        self._raw.close()
+        self._raw_path.unlink(missing_ok=True)
+
+
+class JsonLines:
+    """Appends one JSON object per line to ``root/name``, through a temporary name until closed."""
+
+    def __init__(self, root: Path, name: str):
+        self.path = Path(root) / name
+        self.tmp = self.path.with_name(f".{name}.tmp")
+        self.count = 0
+        self._f = open(self.tmp, "w", encoding="utf-8")
+
+    def add(self, obj: dict) -> None:
+        self._f.write(json.dumps(obj, sort_keys=True) + "\n")
+        self.count += 1
+
+    def close(self) -> dict:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "lines": self.count, "sha256": _sha256(self.path)}
+
+    def discard(self) -> None:
+        self._f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_lines(root, entry: dict) -> list[dict]:
+    """The objects of a JSON-lines file of a shard set (its manifest entry)."""
+    path = Path(root) / entry["file"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable: {e}") from None
+    if len(rows) != entry["lines"]:
+        raise UserError(f"{path}: {len(rows)} lines, the manifest says {entry['lines']}; preprocess again")
+    return rows
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    """Indented for reading, except the per-window columns, which stay on one line each."""
-    head = json.dumps({k: v for k, v in manifest.items() if k != "windows"}, indent=1, sort_keys=True)
-    cols = ",\n  ".join(f'"{s}": ' + json.dumps(manifest["windows"][s], separators=(",", ":"), sort_keys=True)
-                         for s in SPLITS)
-    text = head[:-2] + ',\n "windows": {\n  ' + cols + "\n }\n}\n"
-    atomic_write_bytes(Path(root) / "manifest.json", text.encode())
+    atomic_write_bytes(Path(root) / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_manifest(root) -> dict:
@@ -84,9 +152,20 @@ def read_manifest(root) -> dict:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable manifest: {e}") from None
     if m.get("format") != FORMAT or m.get("version") != VERSION:
+        older = " (an older apollogan's; run `python -m apollogan.preprocess` again)" \
+            if m.get("format") == FORMAT and isinstance(m.get("version"), int) and m["version"] < VERSION else ""
         raise UserError(f"{path}: format {m.get('format')!r} version {m.get('version')!r}, "
-                        f"expected {FORMAT!r} version {VERSION}")
+                        f"expected {FORMAT!r} version {VERSION}{older}")
     return m
+
+
+def is_current(root) -> bool:
+    """Whether ``root`` holds a finished shard set this version reads."""
+    try:
+        read_manifest(root)
+        return True
+    except UserError:
+        return False
 
 
 class ShardSet:
@@ -104,8 +183,8 @@ class ShardSet:
                             + ", ".join(f"{k}={a}/{b}" for k, (a, b) in diff.items()))
         self.split = split
         self.nbytes = packed_size(self.spec)
-        self.records = {k: np.asarray(v, dtype=np.int64) for k, v in self.manifest["windows"][split].items()}
-        self.sources = self.manifest["sources"]
+        self.records = self._read_records(verify)
+        self._sources = None
         self.maps = []
         for sh in self.manifest["shards"][split]:
             path = self.root / sh["file"]
@@ -118,6 +197,30 @@ class ShardSet:
                 raise UserError(f"{path}: checksum mismatch (file changed or corrupt); preprocess again")
             self.maps.append(np.memmap(path, dtype=np.uint8, mode="r", shape=(sh["windows"], self.nbytes)))
         self.bounds = np.cumsum([0] + [len(m) for m in self.maps])
+        if len(self) != len(self.records["offset"]):
+            raise UserError(f"{self.root}: {len(self)} {split} windows in the shards, "
+                            f"{len(self.records['offset'])} records; preprocess again")
+
+    def _read_records(self, verify: bool) -> dict[str, np.ndarray]:
+        entry = self.manifest["records"][self.split]
+        path = self.root / entry["file"]
+        if verify and path.is_file() and _sha256(path) != entry["sha256"]:
+            raise UserError(f"{path}: checksum mismatch (file changed or corrupt); preprocess again")
+        try:
+            rows = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: unreadable window records: {e}") from None
+        if rows.dtype != RECORD_DTYPE or rows.shape != (entry["windows"],):
+            raise UserError(f"{path}: records {rows.dtype} {rows.shape}, the manifest says {entry['windows']}; "
+                            "preprocess again")
+        return {k: rows[k].astype(np.int64) for k in WINDOW_FIELDS}
+
+    @property
+    def sources(self) -> list[dict]:
+        """One dict per converted file (path, split, windows, tempo, steps, notes), read on first use."""
+        if self._sources is None:
+            self._sources = read_lines(self.root, self.manifest["sources"])
+        return self._sources
 
     def __len__(self) -> int:
         return int(self.bounds[-1])

@@ -39,8 +39,17 @@ class RollSpec:
     out_of_range: str = "drop"  # notes outside the pitch window: "drop" (counted) or "fold" by octaves
     parts: int = 1
     part_mode: str = "merge"
+    # With part_mode "tracks": one selector per part, comma-separated track names (any case) or
+    # General MIDI programs and ranges ("Guitar", "Piano,Strings", "32-39"); () takes tracks in order.
+    part_tracks: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "part_tracks", tuple(str(s) for s in self.part_tracks))
+        if self.part_tracks and (self.part_mode != "tracks" or len(self.part_tracks) != self.parts):
+            raise ValueError(f"part_tracks: one selector per part with part_mode 'tracks' "
+                             f"({len(self.part_tracks)} given, {self.parts} part(s) by {self.part_mode})")
+        for sel in self.part_tracks:
+            _selector(sel)
         if not 0 <= self.low <= 127 or self.pitches < 1 or self.low + self.pitches > 128:
             raise ValueError(f"pitch window {self.low}..{self.low + self.pitches - 1} is not inside MIDI 0..127")
         if self.steps < 1 or self.steps_per_beat < 1:
@@ -55,6 +64,14 @@ class RollSpec:
                 (self.part_mode == "skyline" and self.parts != 2):
             raise ValueError(f"{self.parts} part(s) with part_mode {self.part_mode!r}: merge has one part, "
                              "skyline two, tracks two or more")
+
+    def part_of_track(self, name: str, program: int) -> int:
+        """The part a track goes to by ``part_tracks`` (the first selector it matches), or -1."""
+        for k, sel in enumerate(self.part_tracks):
+            names, programs = _selector(sel)
+            if name.strip().lower() in names or any(a <= program <= b for a, b in programs):
+                return k
+        return -1
 
     @property
     def channels_per_part(self) -> int:
@@ -99,7 +116,9 @@ class RollSpec:
         return self.low + self.pitches - 1
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["part_tracks"] = list(self.part_tracks)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RollSpec:
@@ -110,7 +129,25 @@ class RollSpec:
         return cls(**d)
 
     def describe(self) -> str:
-        parts = "" if self.parts == 1 else f", {self.parts} parts by {self.part_mode} ({', '.join(self.part_names)})"
+        by = self.part_mode + (f" {' / '.join(self.part_tracks)}" if self.part_tracks else "")
+        parts = "" if self.parts == 1 else f", {self.parts} parts by {by} ({', '.join(self.part_names)})"
         return (f"[{self.channels}, {self.pitches}, {self.steps}] pitches {self.low}..{self.high}, "
                 f"{self.steps_per_beat} steps/beat, {'onset+sustain' if self.onset else 'sustain'}, "
                 f"out-of-range notes {self.out_of_range}{parts}")
+
+
+def _selector(sel: str) -> tuple[set, list]:
+    """A part_tracks selector -> (track names in lower case, program ranges [(a, b)])."""
+    names, programs = set(), []
+    for item in (x.strip() for x in sel.split(",")):
+        a, dash, b = item.partition("-")
+        if a.isdigit() and (not dash or b.isdigit()):
+            lo, hi = int(a), int(b if dash else a)
+            if not 0 <= lo <= hi <= 127:
+                raise ValueError(f"part_tracks: program range {item!r} is not inside 0..127")
+            programs.append((lo, hi))
+        elif item:
+            names.add(item.lower())
+        else:
+            raise ValueError(f"part_tracks: empty item in selector {sel!r}")
+    return names, programs

@@ -39,7 +39,7 @@ from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
 from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
-from .shards import ShardSet
+from .shards import ShardSet, is_current
 from .spec import RollSpec
 
 
@@ -234,7 +234,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     if root == DEFAULT_OUT and bundled_root(cfg.data) != DEFAULT_OUT and not (root / "manifest.json").exists():
         raise UserError(f"{root} holds the bundled tunes made with the default data options; for these "
                         f"(data.onset, data.transpose, data.time_shifts) set data.root={bundled_root(cfg.data)}")
-    if env.main and root == bundled_root(cfg.data) and not (root / "manifest.json").exists():
+    if env.main and root == bundled_root(cfg.data) and not is_current(root):
         ensure_shards(root, cfg.data, log=log)
     if env.world > 1:
         dist.barrier()  # the other ranks wait for rank 0's preprocessing

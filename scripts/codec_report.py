@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
@@ -52,9 +51,8 @@ def window_roundtrip(path, spec: RollSpec, opt: WindowOptions):
     wins = np.unpackbits(res.packed, axis=1, count=c * p * t).reshape(-1, c, p, t).astype(bool)
     for w, off in zip(wins, res.records["offset"]):  # overlapping windows hold the same cells
         full[:, :, off:off + t] |= w
-    buf = io.BytesIO()
-    notes_to_midi(roll_to_notes(full, spec), spec, tempo=song.tempo).save(file=buf)
-    return song.notes, parse_song(buf.getvalue(), spec).notes
+    data = notes_to_midi(roll_to_notes(full, spec), spec, tempo=song.tempo).dumps_midi()
+    return song.notes, parse_song(data, spec).notes
 
 
 def roundtrip_scores(files, spec: RollSpec, opt: WindowOptions, progress=True) -> dict:

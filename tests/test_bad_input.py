@@ -8,6 +8,7 @@ from conftest import REPO, scale_tune, write_midi
 
 from apollogan.cli import find_midi_files
 from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.shards import read_lines
 from apollogan.spec import RollSpec
 
 HEADER = b"MThd\x00\x00\x00\x06"
@@ -41,8 +42,8 @@ def test_each_bad_kind_is_skipped_with_its_reason(tmp_path):
     d.mkdir()
     expected = make_bad_files(d)
     m = preprocess(find_midi_files([d]), tmp_path / "c", RollSpec(), WindowOptions(val_fraction=0), progress=False)
-    assert [s["path"].split("/")[-1] for s in m["sources"]] == ["good.mid"]
-    got = {s["path"].split("/")[-1]: s["reason"] for s in m["skipped"]}
+    assert [s["path"].split("/")[-1] for s in read_lines(tmp_path / "c", m["sources"])] == ["good.mid"]
+    got = {s["path"].split("/")[-1]: s["reason"] for s in read_lines(tmp_path / "c", m["skipped"])}
     assert set(got) == set(expected)
     for name, reason in expected.items():
         assert reason in got[name], (name, got[name])
@@ -90,4 +91,4 @@ def test_cli_bad_arguments_are_one_line(tmp_path, args, message):
 
 def test_empty_folder_is_an_error(tmp_path):
     r = cli(tmp_path, "--out", tmp_path / "c")
-    assert r.returncode == 2 and "no MIDI files" in r.stderr
+    assert r.returncode == 2 and "no MIDI (.mid, .midi, .kar) or .npz files in" in r.stderr

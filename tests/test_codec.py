@@ -13,6 +13,22 @@ SPEC = RollSpec()
 ONSET = RollSpec(onset=True)
 
 
+def as_mido(score):
+    """A written file as mido reads it: the independent check of our writer."""
+    import mido
+
+    return mido.MidiFile(file=io.BytesIO(score.dumps_midi()))
+
+
+def events(track):
+    """(absolute tick, message) of a mido track."""
+    now, out = 0, []
+    for m in track:
+        now += m.time
+        out.append((now, m))
+    return out
+
+
 def roundtrip(tmp_path, notes_steps, spec, **kw):
     """notes -> MIDI file -> song -> roll -> notes."""
     path = tmp_path / "rt.mid"
@@ -56,10 +72,9 @@ def test_without_onset_channel_repeated_notes_merge(tmp_path):
 
 
 def test_held_note_is_one_midi_note(tmp_path):
-    mid = notes_to_midi(np.array([[60, 0, 64]]), SPEC)
-    ons = [m for m in mid.tracks[0] if m.type == "note_on"]
-    assert len(ons) == 1
-    assert sum(m.time for m in mid.tracks[0]) == 64 * (480 // 4)
+    mid = as_mido(notes_to_midi(np.array([[60, 0, 64]]), SPEC))
+    ev = [(t, m.type) for t, m in events(mid.tracks[0]) if m.type in ("note_on", "note_off")]
+    assert ev == [(0, "note_on"), (64 * (480 // 4), "note_off")]
 
 
 def test_six_eight_uses_quarter_note_beats_and_bar_lines(tmp_path):
@@ -121,21 +136,51 @@ def test_binarize_threshold_and_bernoulli():
 
 def test_gaussian_velocity_and_program(tmp_path):
     notes = np.array([[60 + i % 12, i, i + 1] for i in range(400)])
-    mid = notes_to_midi(notes, SPEC, velocity=80, velocity_std=10, program=40, rng=np.random.default_rng(1))
+    mid = as_mido(notes_to_midi(notes, SPEC, velocity=80, velocity_std=10, program=40, rng=np.random.default_rng(1)))
     vel = np.array([m.velocity for m in mid.tracks[0] if m.type == "note_on"])
     assert 77 < vel.mean() < 83 and 8 < vel.std() < 12
     assert [m.program for m in mid.tracks[0] if m.type == "program_change"] == [40]
-    const = notes_to_midi(notes[:5], SPEC, velocity=64)
+    const = as_mido(notes_to_midi(notes[:5], SPEC, velocity=64))
     assert {m.velocity for m in const.tracks[0] if m.type == "note_on"} == {64}
 
 
 def test_decoded_midi_parses_in_mido(tmp_path):
     import mido
 
-    buf = io.BytesIO()
-    notes_to_midi(np.array([[60, 0, 4]]), SPEC, tempo=100).save(file=buf)
-    mid = mido.MidiFile(file=io.BytesIO(buf.getvalue()))
+    mid = as_mido(notes_to_midi(np.array([[60, 0, 4]]), SPEC, tempo=100))
     assert any(m.type == "set_tempo" and round(mido.tempo2bpm(m.tempo)) == 100 for m in mid.tracks[0])
+
+
+def test_writer_matches_what_mido_reads_back(tmp_path):
+    """Every field the writer sets, read back by mido: notes (a repeated note released before it is
+    struck again), velocities, programs, channels skipping the drum channel, names, tempo and meter
+    changes."""
+    import mido
+
+    from apollogan.midi import Track, tracks_to_midi
+
+    tracks = [Track(np.array([[72, 0, 120], [72, 120, 240], [76, 240, 480]]), np.array([100, 60, 30]), 73, "melody")]
+    tracks += [Track(np.array([[40 + k, 0, 960]]), np.array([50 + k]), k, f"t{k}") for k in range(1, 10)]
+    path = tmp_path / "w.mid"
+    save_midi(tracks_to_midi(tracks, 480, tempo=[(0, 100.0), (480, 150.0)], time_signature=[(0, 6, 8), (960, 3, 4)]),
+              path)
+    mid = mido.MidiFile(str(path))
+    assert mid.type == 1 and mid.ticks_per_beat == 480 and len(mid.tracks) == 10
+    first = events(mid.tracks[0])
+    assert [(t, round(mido.tempo2bpm(m.tempo), 3)) for t, m in first if m.type == "set_tempo"] == [(0, 100.0), (480, 150.0)]
+    assert [(t, m.numerator, m.denominator) for t, m in first if m.type == "time_signature"] == [(0, 6, 8), (960, 3, 4)]
+    notes = [(t, m.type, m.note, m.velocity) for t, m in first if m.type in ("note_on", "note_off")]
+    on = [(t, p, v) for t, kind, p, v in notes if kind == "note_on" and v > 0]
+    assert on == [(0, 72, 100), (120, 72, 60), (240, 76, 30)]
+    at120 = [kind for t, kind, p, v in notes if t == 120 and p == 72]
+    assert at120 == ["note_off", "note_on"]  # released, then struck again
+    assert [m.name for m in mid.tracks] == ["melody"] + [f"t{k}" for k in range(1, 10)]
+    programs = [[m.program for m in tr if m.type == "program_change"] for tr in mid.tracks]
+    assert programs == [[73]] + [[k] for k in range(1, 10)]
+    channels = [{m.channel for m in tr if m.type == "note_on"} for tr in mid.tracks]
+    assert channels == [{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {10}]  # channel 10 (index 9) is the drums
+    vel = [[m.velocity for m in tr if m.type == "note_on"] for tr in mid.tracks[1:]]
+    assert vel == [[50 + k] for k in range(1, 10)]
 
 
 def test_spec_rejects_bad_values():

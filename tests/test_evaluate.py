@@ -116,7 +116,7 @@ def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tm
 def test_evaluate_errors_are_one_line(tmp_path, chunks):
     r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(tmp_path), "--data", str(chunks)],
                        capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and "no MIDI files" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no MIDI (.mid, .midi, .kar) or .npz files" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--checkpoint", "nope"], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.startswith("error: nope:")

@@ -10,7 +10,7 @@ from apollogan.cli import UserError, find_midi_files
 from apollogan.data import RollDataset, make_loader
 from apollogan.midi import notes_to_roll, read_song
 from apollogan.preprocess import WindowOptions, preprocess
-from apollogan.shards import ShardSet
+from apollogan.shards import RECORD_DTYPE, ShardSet, read_lines
 from apollogan.spec import RollSpec
 
 SPEC = RollSpec()
@@ -36,14 +36,38 @@ def test_windows_read_back_equal_the_song_roll(midi_dir, tmp_path):
 
 
 def test_split_is_by_file_and_manifest_records_windows(midi_dir, tmp_path):
-    m = build(midi_dir, tmp_path / "c")
-    by_split = {s: {m["sources"][i]["path"] for i in m["windows"][s]["source"]} for s in ("train", "val")}
+    root = tmp_path / "c"
+    m = build(midi_dir, root)
+    sets = {s: ShardSet(root, s) for s in ("train", "val")}
+    sources = read_lines(root, m["sources"])
+    by_split = {s: {sources[i]["path"] for i in sets[s].records["source"]} for s in sets}
     assert by_split["train"] and by_split["val"] and not by_split["train"] & by_split["val"]
-    assert all(m["sources"][i]["split"] == "train" for i in m["windows"]["train"]["source"])
-    assert m["spec"] == SPEC.to_dict() and m["version"] == 1
-    for s in ("train", "val"):
-        assert sum(sh["windows"] for sh in m["shards"][s]) == len(m["windows"][s]["offset"])
+    assert all(sources[i]["split"] == "train" for i in sets["train"].records["source"])
+    assert m["spec"] == SPEC.to_dict() and m["version"] == 2
+    assert len(sources) == m["counts"]["converted"] == m["sources"]["lines"] and read_lines(root, m["skipped"]) == []
+    for s in sets:
+        assert sum(sh["windows"] for sh in m["shards"][s]) == len(sets[s].records["offset"]) == len(sets[s])
         assert all(len(sh["sha256"]) == 64 for sh in m["shards"][s])
+
+
+def test_window_records_are_binary_columns_beside_the_shards(midi_dir, tmp_path):
+    root = tmp_path / "c"
+    m = build(midi_dir, root, hop=32, transpose=1, time_shifts=(2,), val_fraction=0.0)
+    rows = np.load(root / "train-windows.npy")  # readable without apollogan
+    assert rows.dtype == RECORD_DTYPE and len(rows) == m["counts"]["windows"]["train"] == m["records"]["train"]["windows"]
+    s = ShardSet(root)
+    for k in RECORD_DTYPE.names:
+        assert np.array_equal(s.records[k], rows[k])
+    assert set(np.unique(rows["shift"])) == {0, 2} and (rows["transpose"] != 0).any()
+    assert (rows["offset"][rows["shift"] == 0] % 16 == 0).all()  # the 4/4 fixtures' bar lines, 16 steps apart
+    text = (root / "manifest.json").read_text()
+    assert len(text) < 4000 and '"offset"' not in text  # the manifest holds no per-window column
+    assert not list(root.glob(".*"))  # no temporary file left behind
+    np.save(root / "train-windows.npy", rows[:-1])  # one record short
+    with pytest.raises(UserError, match="train-windows.npy: checksum mismatch"):
+        ShardSet(root)
+    with pytest.raises(UserError, match="train-windows.npy: records"):
+        ShardSet(root, verify=False)
 
 
 def test_small_shards_span_files_and_gather_across_them(midi_dir, tmp_path):
@@ -96,7 +120,8 @@ def test_sparse_windows_are_dropped_and_counted(tmp_path):
     write_midi(d / "dense.mid", [(60 + i % 5, i, i + 1) for i in range(200)])
     m = build(d, tmp_path / "c", min_cells=16, val_fraction=0.0)
     assert m["stats"]["windows_dropped_sparse"] > 0
-    assert {m["sources"][i]["path"].split("/")[-1] for i in m["windows"]["train"]["source"]} == {"dense.mid"}
+    s = ShardSet(tmp_path / "c")
+    assert {s.source_of(i)["path"].split("/")[-1] for i in range(len(s))} == {"dense.mid"}
 
 
 def test_spec_mismatch_missing_shard_and_checksum_are_refused(midi_dir, tmp_path):
@@ -120,6 +145,10 @@ def test_spec_mismatch_missing_shard_and_checksum_are_refused(midi_dir, tmp_path
     m["version"] = 99
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="version 99"):
+        ShardSet(bad)
+    m["version"] = 1
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="version 1, expected .* version 2 .*preprocess` again"):
         ShardSet(bad)
 
 

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 import mido
+import numpy as np
+import pypianoroll
 import pytest
 import torch
 from conftest import NOTTINGHAM, REPO
@@ -153,13 +155,18 @@ def test_cpu_smoke_preprocess_train_generate(tmp_path):
     assert load_checkpoint(ckpt)["spec"]["onset"] is True
     # a threshold of 0 turns every cell on: every file must hold notes
     r = run_module("apollogan.generate", "--checkpoint", ckpt, "--num", "3", "--out", tmp_path / "gen",
-                   "--threshold", "0", "--png")
+                   "--threshold", "0", "--png", "--format", "mid", "npz", "--device", "cpu", "--tempo", "90")
     assert r.returncode == 0, r.stderr
     mids = sorted((tmp_path / "gen").glob("*.mid"))
     assert len(mids) == 3 and (tmp_path / "gen" / "sample-grid.png").is_file()
     for m in mids:
         notes = [x for x in mido.MidiFile(m).tracks[0] if x.type == "note_on" and x.velocity > 0]
         assert len(notes) >= 64  # every pitch row sounds
+        mt = pypianoroll.load(m.with_suffix(".npz"))
+        assert mt.resolution == 4 and np.allclose(mt.tempo, 90) and len(mt.tracks) == 1
+        assert mt.tracks[0].pianoroll[:, 30:94].all() and not mt.tracks[0].pianoroll[:, :30].any()
+    r = run_module("apollogan.generate", "--checkpoint", ckpt, "--device", "cuda:99", "--out", tmp_path / "x")
+    assert r.returncode == 2 and r.stderr.startswith("error: --device cuda:99: no such CUDA device")
     r = run_module("apollogan.generate", "--checkpoint", ckpt, "--interpolate", "4", "--out", tmp_path / "walk")
     assert r.returncode == 0 and len(list((tmp_path / "walk").glob("interp-*.mid"))) == 4
 
