@@ -74,13 +74,15 @@ def check_header(data: bytes) -> None:
 
 def _ticks_to_steps(ticks: np.ndarray, tpq: int, spb: int) -> np.ndarray:
     """Round to the nearest step, halves up, in exact integer arithmetic."""
-    return (ticks.astype(np.int64) * spb * 2 + tpq) // (2 * tpq)
+    return (np.asarray(ticks, np.int64) * (spb * 2) + tpq) // (2 * tpq)
 
 
 def _fit_pitches(pitch: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Apply the out-of-range rule. Returns (pitches, keep mask, dropped, folded)."""
+    """Apply the out-of-range rule. Returns (pitches, keep mask or None for all, dropped, folded)."""
     outside = (pitch < spec.low) | (pitch > spec.high)
-    n_out = int(outside.sum())
+    n_out = int(np.count_nonzero(outside))
+    if n_out == 0:
+        return pitch, None, 0, 0
     if spec.out_of_range == "drop":
         return pitch, ~outside, n_out, 0
     up = -((pitch - spec.low) // 12)  # octaves to add to a note below the window
@@ -91,7 +93,8 @@ def _fit_pitches(pitch: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndar
 
 def read_bytes(path) -> bytes:
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
         raise MidiError(f"unreadable: {e.strerror or e}") from None
 
@@ -122,9 +125,9 @@ class SourceTrack:
     name: str
     program: int
     is_drum: bool
-    pitch: np.ndarray  # int64 [N]
-    on: np.ndarray  # int64 [N] first tick
-    off: np.ndarray  # int64 [N] end tick, exclusive
+    pitch: np.ndarray  # [N] any integer type
+    on: np.ndarray  # [N] first tick
+    duration: np.ndarray  # [N] ticks
 
 
 def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
@@ -132,11 +135,10 @@ def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT
     tracks = []
     for t in score.tracks:
         a = t.notes.numpy()
-        on = a["time"].astype(np.int64)
-        tracks.append(SourceTrack(t.name, int(t.program), bool(t.is_drum), a["pitch"].astype(np.int64), on,
-                                  on + a["duration"].astype(np.int64)))
+        tracks.append(SourceTrack(t.name, t.program, t.is_drum, a["pitch"], a["time"], a["duration"]))
     ts = score.time_signatures.numpy()
-    meters = np.stack([ts["time"], ts["numerator"], ts["denominator"]], 1).astype(np.int64)
+    meters = np.empty((len(ts["time"]), 3), np.int64)
+    meters[:, 0], meters[:, 1], meters[:, 2] = ts["time"], ts["numerator"], ts["denominator"]
     tempos = score.tempos.numpy()
     tempo = 60_000_000.0 / float(tempos["mspq"][0]) if len(tempos["mspq"]) else 120.0
     return build_song(tracks, score.ticks_per_quarter, meters, np.asarray(score.get_downbeats()), tempo, spec,
@@ -174,35 +176,43 @@ def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeat
         raise MidiError(f"resolution of {tpq} ticks per beat")
     total = sum(len(t.pitch) for t in tracks if not t.is_drum)
     tracks, track_part = select_parts(tracks, spec)
-    on = np.concatenate([t.on for t in tracks])
-    off = np.concatenate([t.off for t in tracks])
-    pitch = np.concatenate([t.pitch for t in tracks])
-    if on.min() < 0:
+    # One array of onsets then offsets, so each step below is one numpy call (this runs per file).
+    n = sum(len(t.pitch) for t in tracks)
+    ticks = np.empty(2 * n, np.int64)
+    ticks[:n] = np.concatenate([t.on for t in tracks])
+    ticks[n:] = ticks[:n] + np.concatenate([t.duration for t in tracks])
+    pitch = np.concatenate([t.pitch for t in tracks]).astype(np.int64)
+    if ticks[:n].min() < 0:
         raise MidiError("negative note times")
-    beats = off.max() / tpq
+    beats = ticks[n:].max() / tpq
     if beats > max_beats:
         raise MidiError(f"absurd length: {beats:.0f} beats (limit {max_beats})")
 
-    start = _ticks_to_steps(on, tpq, spb)
-    end = np.maximum(_ticks_to_steps(off, tpq, spb), start + 1)  # a very short note keeps one step
-    pitch, keep, dropped, folded = _fit_pitches(pitch, spec)
-    notes = np.stack([pitch, start, end], axis=1)[keep]  # in track order; the roll needs no sorting
-    part = None
-    if spec.part_mode == "tracks":
-        part = np.repeat(track_part, [len(t.pitch) for t in tracks])[keep]
+    steps_at = _ticks_to_steps(ticks, tpq, spb)
+    off_grid = ticks * spb % tpq != 0
+    notes = np.empty((n, 3), np.int64)
+    notes[:, 1] = steps_at[:n]
+    notes[:, 2] = np.maximum(steps_at[n:], steps_at[:n] + 1)  # a very short note keeps one step
+    notes[:, 0], keep, dropped, folded = _fit_pitches(pitch, spec)
+    part = np.repeat(track_part, [len(t.pitch) for t in tracks]) if spec.part_mode == "tracks" else None
+    if dropped:  # in track order; the roll needs no sorting
+        notes = notes[keep]
+        part = part[keep] if part is not None else None
 
     meters = np.asarray(meters, np.int64).reshape(-1, 3)
-    ts_arr = np.stack([_ticks_to_steps(meters[:, 0], tpq, spb), meters[:, 1], meters[:, 2]], 1)
+    ts_arr = meters.copy()
+    ts_arr[:, 0] = _ticks_to_steps(meters[:, 0], tpq, spb)
+    grid = np.count_nonzero(off_grid[:n]), np.count_nonzero(off_grid[n:])
     stats = {
-        "notes": int(len(on)),
+        "notes": n,
         "notes_dropped_pitch": dropped,
         "notes_folded": folded,
-        "onsets_off_grid": int(((on * spb) % tpq != 0).sum()),
-        "offsets_off_grid": int(((off * spb) % tpq != 0).sum()),
+        "onsets_off_grid": int(grid[0]),
+        "offsets_off_grid": int(grid[1]),
     }
-    if len(on) < total:  # tracks the spec's part selection leaves out
-        stats["notes_unselected"] = total - int(len(on))
-    steps = int(notes[:, 2].max()) if len(notes) else int(end.max())
+    if n < total:  # tracks the spec's part selection leaves out
+        stats["notes_unselected"] = total - n
+    steps = int(notes[:, 2].max()) if len(notes) else int(steps_at[n:].max())
     downbeats = _ticks_to_steps(np.asarray(downbeats, np.int64), tpq, spb)  # sorted
     return Song(notes, steps, downbeats, ts_arr, round(float(tempo), 3), stats, part)
 
@@ -241,20 +251,25 @@ def notes_to_roll(notes: np.ndarray, steps: int, spec: RollSpec, offset: int = 0
     if len(notes) == 0:
         return roll
     k = spec.channels_per_part
-    chan = np.zeros(len(notes), np.int64) if part is None else np.asarray(part, np.int64) * k
+    chan = 0 if part is None else np.asarray(part, np.int64) * k
     row = notes[:, 0] - spec.low
-    s = np.minimum(np.maximum(notes[:, 1] - offset, 0), steps)  # np.clip is slow on small arrays
-    e = np.minimum(np.maximum(notes[:, 2] - offset, 0), steps)
-    live = e > s
-    row, s, e, chan = row[live], s[live], e[live], chan[live]
+    s, e = notes[:, 1] - offset, notes[:, 2] - offset
+    inside = offset == 0 and len(notes) and notes[:, 1].min() >= 0 and notes[:, 2].max() <= steps
+    if not inside:  # cut to the window; np.clip is slow on small arrays
+        s, e = np.minimum(np.maximum(s, 0), steps), np.minimum(np.maximum(e, 0), steps)
+        live = e > s
+        row, s, e = row[live], s[live], e[live]
+        chan = chan if part is None else chan[live]
+        first_inside = (notes[live, 1] - offset) >= 0  # a note cut at the left edge has no onset here
     # Index every sounding cell directly: O(active cells), not O(pitches x steps).
+    head = (chan * spec.pitches + row) * steps + s  # flat index of each note's first cell
     length = e - s
-    first = np.repeat(np.cumsum(length) - length, length)
-    t = np.arange(int(length.sum())) - first + np.repeat(s, length)
-    roll[np.repeat(chan, length), np.repeat(row, length), t] = True
+    end = np.cumsum(length)
+    flat = roll.reshape(-1)
+    flat[np.arange(int(end[-1]) if len(end) else 0) + np.repeat(head - (end - length), length)] = True
     if spec.onset:
-        starts_inside = (notes[live, 1] - offset) >= 0  # a note cut at the left edge has no onset here
-        roll[chan[starts_inside] + 1, row[starts_inside], s[starts_inside]] = True
+        onset = head + spec.pitches * steps  # the part's onset channel follows its sustain channel
+        flat[onset if inside else onset[first_inside]] = True
     return roll
 
 

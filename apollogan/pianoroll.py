@@ -105,7 +105,8 @@ def read_npz_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> S
         roll = np.asarray(t.pianoroll)
         if roll.ndim != 2 or roll.shape[1] != 128:
             raise MidiError(f"track {t.name!r}: pianoroll of shape {roll.shape}, not [time, 128]")
-        tracks.append(SourceTrack(t.name or "", int(t.program or 0), bool(t.is_drum), *roll_notes(roll)))
+        pitch, start, end = roll_notes(roll)
+        tracks.append(SourceTrack(t.name or "", int(t.program or 0), bool(t.is_drum), pitch, start, end - start))
     bars = np.zeros(0, np.int64) if mt.downbeat is None else np.nonzero(np.asarray(mt.downbeat).reshape(-1))[0]
     bars = complete_bars(bars, max([len(t.pianoroll) for t in mt.tracks] + [len(np.asarray(mt.downbeat).reshape(-1))
                                                                            if mt.downbeat is not None else 0]), res)

@@ -56,10 +56,10 @@ class FileResult:
     error: str | None = None
 
 
-def _display_path(path: Path) -> str:
-    """Relative to the working folder when below it, so manifests do not depend on the clone's location."""
+def _display_path(path: Path, cwd: str) -> str:
+    """Relative to the working folder ``cwd`` when below it, so manifests do not depend on the clone's location."""
     full = os.path.abspath(path)  # not resolve(): a symlink loop must still get a name
-    return os.path.relpath(full) if full.startswith(os.getcwd() + os.sep) else str(path)
+    return full[len(cwd) + 1:] if full.startswith(cwd + os.sep) else str(path)
 
 
 def split_of(path: Path, val_fraction: float) -> str:
@@ -77,14 +77,13 @@ def window_starts(song: Song, total: int, spec: RollSpec, hop: int) -> np.ndarra
     bars = song.downbeats
     if len(bars) == 0:
         bars = np.arange(0, total + 1, hop)
-    grid = np.arange(0, last + 1, hop)
-    i = np.searchsorted(bars, grid)
-    starts = np.unique(bars[i[i < len(bars)]])
-    starts = starts[starts <= last]
-    if len(starts) == 0 or starts[-1] + spec.steps < total:
-        j = np.searchsorted(bars, total - spec.steps)
-        starts = np.append(starts, bars[j] if j < len(bars) else last)
-    return starts
+    i = np.searchsorted(bars, np.arange(0, last + 1, hop)).tolist()  # non-decreasing
+    # A handful of windows per file: plain lists beat numpy calls here.
+    starts = [b for b in bars[list(dict.fromkeys(j for j in i if j < len(bars)))].tolist() if b <= last]
+    if not starts or starts[-1] + spec.steps < total:
+        j = int(np.searchsorted(bars, total - spec.steps))
+        starts.append(int(bars[j]) if j < len(bars) else last)
+    return np.array(starts, np.int64)
 
 
 def _transpose(win: np.ndarray, rng: np.random.Generator, copies: int, max_shift: int):
@@ -110,7 +109,7 @@ def _transpose(win: np.ndarray, rng: np.random.Generator, copies: int, max_shift
 
 def read_input(path: Path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
     """A MIDI file, or a pypianoroll Multitrack .npz, onto the spec's grid (MidiError: why not)."""
-    if Path(path).suffix.lower() == NPZ_SUFFIX:
+    if str(path)[-4:].lower() == NPZ_SUFFIX:
         return read_npz_song(path, spec, max_beats)
     return read_song(path, spec, max_beats)
 
@@ -129,9 +128,14 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
     shift = np.repeat(shifts, len(base))
     keep = (starts >= 0) & (starts <= total - spec.steps)
     starts, shift = starts[keep], shift[keep]
-    win = np.ascontiguousarray(roll[:, :, starts[:, None] + np.arange(spec.steps)].transpose(2, 0, 1, 3))  # [N, C, P, T]
-    dense = np.count_nonzero(spec.sustain(win).reshape(len(win), -1), axis=1) >= opt.min_cells
-    win, starts, shift = win[dense], starts[dense], shift[dense]
+    # Active cells of every window from a running count per step: no window is built to be dropped.
+    sus = roll[0] if spec.parts == 1 else spec.sustain(roll)
+    seen = np.concatenate([[0], np.cumsum(np.count_nonzero(sus, axis=0))])
+    dense = seen[starts + spec.steps] - seen[starts] >= opt.min_cells
+    starts, shift = starts[dense], shift[dense]
+    # A few slices stacked: much cheaper than one fancy-indexed gather for the usual handful of windows.
+    win = np.stack([roll[:, :, t:t + spec.steps] for t in starts.tolist()]) if len(starts) else \
+        np.zeros((0, *spec.shape), bool)  # [N, C, P, T]
     transpose = np.zeros(len(win), np.int64)
     if split == "train" and opt.transpose > 0 and len(win):
         rng = np.random.default_rng([opt.seed, index])
@@ -167,6 +171,7 @@ def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions,
     writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
     sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
     reasons, totals, per_split = Counter(), Counter(), Counter()
+    cwd = os.getcwd()
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress, file=sys.stderr)
     try:
@@ -177,14 +182,14 @@ def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions,
             for (path, _, split, _, _), res in zip(chunk, results):
                 bar.update()
                 if res.error:
-                    skipped.add({"path": _display_path(path), "reason": res.error})
+                    skipped.add({"path": _display_path(path, cwd), "reason": res.error})
                     reasons[res.error.split(":")[0]] += 1
                     bar.write(f"skip {path}: {res.error}", file=sys.stderr)
                     continue
                 # records["source"] holds the file index; renumber to the index among converted files
                 res.records["source"] = np.full(len(res.packed), sources.count)
                 writers[split].add(res.packed, res.records)
-                sources.add({"path": _display_path(path), "split": split, "windows": int(len(res.packed)), **res.info})
+                sources.add({"path": _display_path(path, cwd), "split": split, "windows": int(len(res.packed)), **res.info})
                 per_split[split] += 1
                 totals.update(res.stats)
             bar.set_postfix(windows=sum(w.windows for w in writers.values()), skipped=skipped.count, refresh=False)
