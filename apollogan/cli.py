@@ -56,22 +56,21 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def find_midi_files(inputs) -> list[Path]:
+def find_midi_files(inputs) -> list[str]:
     """Files given directly, plus every MIDI (or pianoroll .npz) file below each folder, sorted and without
-    repeats."""
-    found: dict[str, Path] = {}
+    repeats. Plain strings, not Paths: a Lakh-size list of Paths alone takes tens of MiB."""
+    found: set[str] = set()
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for f in p.rglob("*"):
-                # not is_file(): a broken link or unreadable entry is kept, to be skipped with its reason
-                if f.suffix.lower() in MIDI_SUFFIXES and not f.is_dir():
-                    found.setdefault(str(f), f)
-        elif p.exists() or p.is_symlink():
-            found.setdefault(str(p), p)
+        p = str(item)
+        if os.path.isdir(p):
+            for folder, _, names in os.walk(p):  # symlinked folders are not followed, so no loops
+                # names holds every non-folder entry: a broken link is kept, to be skipped with its reason
+                found.update(os.path.join(folder, n) for n in names if os.path.splitext(n)[1].lower() in MIDI_SUFFIXES)
+        elif os.path.lexists(p):
+            found.add(p)
         else:
             raise UserError(f"{p}: no such file or folder")
-    return [found[k] for k in sorted(found)]
+    return sorted(found)
 
 
 def bundled_data() -> Path:

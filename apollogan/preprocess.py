@@ -64,7 +64,7 @@ def _display_path(path: Path, cwd: str) -> str:
 
 def split_of(path: Path, val_fraction: float) -> str:
     """By a hash of the file name: stable when files are added, and never splits one tune."""
-    h = int.from_bytes(hashlib.sha1(path.name.encode()).digest()[:8], "big") / 2**64
+    h = int.from_bytes(hashlib.sha1(os.path.basename(path).encode()).digest()[:8], "big") / 2**64
     return "val" if h < val_fraction else "train"
 
 
@@ -158,9 +158,9 @@ def _convert_job(args):
         return FileResult(error=f"unexpected error: {type(e).__name__}: {e}")
 
 
-def preprocess(files: list[Path], out: Path, spec: RollSpec, opt: WindowOptions, workers: int = 1,
+def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, workers: int = 1,
                shard_windows: int = 8192, progress: bool = True, log=print) -> dict:
-    """Convert ``files`` into a shard set at ``out`` and return its manifest.
+    """Convert ``files`` (paths or strings) into a shard set at ``out`` and return its manifest.
 
     Windows, their records and the per-file lines stream to disk as files finish, so memory
     stays flat however many files there are; the manifest holds only totals.

@@ -43,15 +43,14 @@ def packed_size(spec: RollSpec) -> int:
 
 class ShardWriter:
     """Streams windows of one split into shard files of at most ``shard_windows`` windows, and
-    their records into ``SPLIT-windows.npy``; memory holds at most one shard's windows."""
+    their records into ``SPLIT-windows.npy``, as they come: memory holds one file's windows."""
 
     def __init__(self, root: Path, split: str, spec: RollSpec, shard_windows: int = 8192):
         self.root, self.split, self.spec = Path(root), split, spec
         self.shard_windows = shard_windows
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
         self.shards: list[dict] = []
         self.windows = 0
+        self._shard = None  # the open shard: (file, temporary path, sha256, windows so far)
         self.record_file = f"{split}-windows.npy"
         self._raw_path = self.root / f".{split}-windows.raw"
         self._raw = open(self._raw_path, "wb")
@@ -63,24 +62,33 @@ class ShardWriter:
             rows[k] = records[k]
         self._raw.write(rows.tobytes())
         self.windows += len(packed)
-        self.buffer.append(packed)
-        self.buffered += len(packed)
-        while self.buffered >= self.shard_windows:
-            self._flush(self.shard_windows)
+        while len(packed):
+            if self._shard is None:
+                name = f"{self.split}-{len(self.shards):05d}.bin"
+                tmp = self.root / f".{name}.tmp"
+                self._shard = [open(tmp, "wb"), tmp, hashlib.sha256(), 0, name]
+            f, _, h, n, _ = self._shard
+            part = np.ascontiguousarray(packed[: self.shard_windows - n]).tobytes()
+            f.write(part)
+            h.update(part)
+            self._shard[3] += min(len(packed), self.shard_windows - n)
+            packed = packed[self.shard_windows - n:]
+            if self._shard[3] == self.shard_windows:
+                self._finish_shard()
 
-    def _flush(self, n: int) -> None:
-        data = np.concatenate(self.buffer) if self.buffer else np.zeros((0, packed_size(self.spec)), np.uint8)
-        out, rest = data[:n], data[n:]
-        self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
-        name = f"{self.split}-{len(self.shards):05d}.bin"
-        raw = np.ascontiguousarray(out).tobytes()
-        atomic_write_bytes(self.root / name, raw)
-        self.shards.append({"file": name, "windows": int(len(out)), "sha256": hashlib.sha256(raw).hexdigest()})
+    def _finish_shard(self) -> None:
+        f, tmp, h, n, name = self._shard
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, self.root / name)
+        self.shards.append({"file": name, "windows": n, "sha256": h.hexdigest()})
+        self._shard = None
 
     def close(self) -> dict:
-        """Write the last shard and the records file; returns the records' manifest entry."""
-        if self.buffered:
-            self._flush(self.buffered)
+        """Finish the last shard and write the records file; returns the records' manifest entry."""
+        if self._shard is not None:
+            self._finish_shard()
         self._raw.close()
         header = {"descr": np.lib.format.dtype_to_descr(RECORD_DTYPE), "fortran_order": False,
                   "shape": (self.windows,)}
@@ -96,8 +104,13 @@ class ShardWriter:
         return {"file": self.record_file, "windows": self.windows, "sha256": _sha256(path)}
 
     def discard(self) -> None:
+        """Remove what an unfinished writer left (its records so far and its open shard)."""
         self._raw.close()
         self._raw_path.unlink(missing_ok=True)
+        if self._shard is not None:
+            self._shard[0].close()
+            self._shard[1].unlink(missing_ok=True)
+            self._shard = None
 
 
 class JsonLines:

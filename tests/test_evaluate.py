@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_memorisation_finds_a_planted_copy(chunks):
 def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tmp_path):
     d = tmp_path / "mine"
     d.mkdir()
-    for f in find_midi_files([NOTTINGHAM])[200:205]:
+    for f in map(Path, find_midi_files([NOTTINGHAM])[200:205]):
         (d / f.name).write_bytes(f.read_bytes())
     (d / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
     out = tmp_path / "eval.json"
