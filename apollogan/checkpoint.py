@@ -1,4 +1,5 @@
 """Complete, self-describing checkpoints: written atomically, found by run name, read back safely.
+docs/formats.md describes the format.
 
 A checkpoint is a dict of tensors and plain values only:
 

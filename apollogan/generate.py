@@ -5,7 +5,7 @@
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
     python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
     python -m apollogan.generate --checkpoint cond_gan-001 --condition tune.mid --num 4 --out samples/over
-    python -m apollogan.generate --checkpoint quick-001 --num 1000 --format mid npz --device cuda
+    python -m apollogan.generate --checkpoint quick-001 --num 1000 --format mid npz --device cpu
 
 --condition FILE (cond_gan): melodies over the chords of FILE, its lowest track (the
 accompaniment by skyline when it has one track). The file is cut into windows of the

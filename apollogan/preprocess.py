@@ -1,4 +1,4 @@
-"""MIDI files -> bit-packed [C, 64, 256] windows in shards, with a manifest.
+"""MIDI or pypianoroll .npz files -> bit-packed [C, 64, 256] windows in shards, with a manifest.
 
     python -m apollogan.preprocess                       # bundled Nottingham tunes -> chunks/nottingham
     python -m apollogan.preprocess my_midi/ --out chunks/mine --onset --transpose 2
@@ -8,7 +8,8 @@
 Windows start on bar lines (the first downbeat at or after every ``hop`` steps), so bar
 metrics line up with the window. Files are split into train/val by name, never by window.
 Bad files are skipped with one line each and counted; the same input and options always
-give byte-identical shards.
+give byte-identical shards. The decisions behind each step and their measurements are in
+docs/data.md; the files written are described in docs/formats.md.
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             via_symusic(f, built, a.resolution)
             tally[meter, "built"] += same(midi, convert_file(built, 0, "val", spec, opt))
     meters = sorted({m for m, _ in tally}, key=lambda m: -tally[m, "files"])
-    print(f"| meter | tunes | .npz by pypianoroll.read | .npz from symusic notes and bar lines |")
+    print("| meter | tunes | .npz by pypianoroll.read | .npz from symusic notes and bar lines |")
     print("| --- | --- | --- | --- |")
     for m in meters:
         n = tally[m, "files"]
