@@ -61,7 +61,7 @@ def find_midi_files(inputs) -> list[str]:
     repeats. Plain strings, not Paths: a Lakh-size list of Paths alone takes tens of MiB."""
     found: set[str] = set()
     for item in inputs:
-        p = str(item)
+        p = os.path.normpath(str(item))  # "d" and "./d/" name the same files
         if os.path.isdir(p):
             for folder, _, names in os.walk(p):  # symlinked folders are not followed, so no loops
                 # names holds every non-folder entry: a broken link is kept, to be skipped with its reason

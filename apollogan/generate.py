@@ -55,8 +55,8 @@ def pick_device(name: str) -> torch.device:
 
 def add_device_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help="where the model samples: auto (the GPU when there is one, "
-                    "default), cpu, cuda, cuda:N; the noise is drawn on the CPU, so samples match across devices "
-                    "up to floating-point rounding")
+                    "default), cpu, cuda, cuda:N; the noise is drawn on the CPU, so a seed gives the same noise on "
+                    "every device (the samples can still differ slightly: GPU convolutions may use TF32)")
 
 
 def add_sampling_args(ap: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ takes about a second.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -72,7 +73,7 @@ def meters_from_bars(downbeats: np.ndarray, resolution: int) -> np.ndarray:
     return np.array(rows, np.int64).reshape(-1, 3)
 
 
-def _load(path):
+def _load(path, max_beats: int):
     try:
         with open(path, "rb") as f:
             f.read(4)
@@ -80,6 +81,7 @@ def _load(path):
         raise MidiError(f"unreadable: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):  # np.load would try to unpickle it
         raise MidiError("not a pianoroll .npz file (not a zip archive)")
+    _check_length(path, max_beats)
     import pypianoroll
 
     try:
@@ -94,17 +96,32 @@ def _load(path):
         raise MidiError(f"corrupt .npz: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
+def _check_length(path, max_beats: int) -> None:
+    """Refuse an absurdly long file from the stored shapes, before its rolls are expanded in memory."""
+    try:
+        with np.load(path) as z:
+            info = json.loads(z["info.json"].decode("utf-8")) if "info.json" in z else {}
+            res = info.get("resolution", info.get("beat_resolution"))
+            shapes = [z[k] for k in z.files if k.endswith("_csc_shape")]
+            steps = max([int(s[0]) for s in shapes if len(s)] + [0])
+    except Exception:  # left to pypianoroll.load, which names what is wrong
+        return
+    if isinstance(res, int) and res > 0 and steps / res > max_beats:
+        raise MidiError(f"absurd length: {steps / res:.0f} beats (limit {max_beats})")
+
+
 def read_npz_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
-    """One Multitrack .npz file onto the spec's grid; raises MidiError with the reason it can't."""
-    mt = _load(path)
+    """One Multitrack .npz file onto the spec's grid; raises MidiError with the reason it can't.
+    Any non-zero cell sounds (velocities, booleans, or floats above 0)."""
+    mt = _load(path, max_beats)
     res = mt.resolution
     if not isinstance(res, (int, np.integer)) or res <= 0:
-        raise MidiError(f"bad resolution {res!r} (time steps per beat)")
+        raise MidiError(f"bad resolution: {res!r} time steps per beat")
     tracks = []
     for t in mt.tracks:
         roll = np.asarray(t.pianoroll)
         if roll.ndim != 2 or roll.shape[1] != 128:
-            raise MidiError(f"track {t.name!r}: pianoroll of shape {roll.shape}, not [time, 128]")
+            raise MidiError(f"pianoroll not [time, 128]: track {t.name!r} has shape {roll.shape}")
         pitch, start, end = roll_notes(roll)
         tracks.append(SourceTrack(t.name or "", int(t.program or 0), bool(t.is_drum), pitch, start, end - start))
     bars = np.zeros(0, np.int64) if mt.downbeat is None else np.nonzero(np.asarray(mt.downbeat).reshape(-1))[0]
@@ -118,8 +135,8 @@ def read_npz_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> S
 def rolls_to_multitrack(roll: np.ndarray, spec: RollSpec, *, tempo: float = 120.0, programs=(0,), names=None,
                         meter=(4, 4)):
     """A bool roll [C, P, T] -> a pypianoroll Multitrack at the spec's resolution: one binary
-    track per part (its notes, onsets splitting repeated notes where the format allows), bar
-    lines every bar of ``meter``."""
+    track per part, bar lines every bar of ``meter``. Repeated notes of one pitch with no gap
+    between them merge: a binary pianoroll cannot keep them apart."""
     import pypianoroll
 
     steps = roll.shape[-1]

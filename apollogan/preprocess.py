@@ -64,8 +64,10 @@ def _display_path(path: Path, cwd: str) -> str:
 
 
 def split_of(path: Path, val_fraction: float) -> str:
-    """By a hash of the file name: stable when files are added, and never splits one tune."""
-    h = int.from_bytes(hashlib.sha1(os.path.basename(path).encode()).digest()[:8], "big") / 2**64
+    """By a hash of the file name: stable when files are added, and never splits one tune. The
+    suffix counts as .mid, so one tune as x.mid and x.npz (or x.MIDI) lands in one split."""
+    name = os.path.splitext(os.path.basename(path))[0] + ".mid"
+    h = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") / 2**64
     return "val" if h < val_fraction else "train"
 
 
@@ -152,6 +154,10 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
     return FileResult(np.packbits(win.reshape(len(win), int(np.prod(spec.shape))), axis=1), records, info, stats)
 
 
+class _NothingConverted(Exception):
+    pass
+
+
 def _convert_job(args):
     try:
         return convert_file(*args)
@@ -169,13 +175,15 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # the old set is invalid from here on
-    writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
-    sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
     reasons, totals, per_split = Counter(), Counter(), Counter()
     cwd = os.getcwd()
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    writers, pool, parts = {}, None, []
     bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress, file=sys.stderr)
     try:
+        writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
+        sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
+        parts = list(writers.values()) + [sources, skipped]
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
         batch = 256  # bounded batches keep memory flat however many files there are
         for lo in range(0, len(files), batch):
             chunk = [(f, lo + i, split_of(f, opt.val_fraction), spec, opt) for i, f in enumerate(files[lo:lo + batch])]
@@ -194,12 +202,16 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
                 per_split[split] += 1
                 totals.update(res.stats)
             bar.set_postfix(windows=sum(w.windows for w in writers.values()), skipped=skipped.count, refresh=False)
+        if not sources.count:
+            raise _NothingConverted
         records = {s: writers[s].close() for s in SPLITS}
         files_entry = {"sources": sources.close(), "skipped": skipped.close()}
-    except BaseException:
-        for w in list(writers.values()) + [sources, skipped]:
+    except BaseException as e:  # interrupted or nothing converted: leave no file of this run behind
+        for w in parts:
             w.discard()
-        raise
+        if not isinstance(e, _NothingConverted):
+            raise
+        records, files_entry = {}, {}
     finally:
         bar.close()
         if pool:
@@ -215,7 +227,7 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         "shards": {s: writers[s].shards for s in SPLITS},
         "records": records, **files_entry,
     }
-    if sources.count:
+    if records:
         write_manifest(out, manifest)
         keep = {sh["file"] for s in SPLITS for sh in writers[s].shards}
         for stale in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
@@ -253,11 +265,12 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--num-parts", type=int, metavar="N",
                    help="parts with --parts tracks (default 2: melody, then accompaniment; the last part "
                         "also takes every later track)")
-    g.add_argument("--part-tracks", nargs="+", metavar="SEL",
-                   help="with --parts tracks: part k takes the tracks matching the k-th SEL, a comma-separated "
-                        "list of track names (any case) and General MIDI programs or ranges, e.g. "
-                        "--part-tracks Guitar Piano,Bass,Strings (LPD-5) or 0-7 32-39; other tracks are left out "
-                        "and files with a part empty are skipped")
+    g.add_argument("--part-tracks", action="append", metavar="SEL",
+                   help="with --parts tracks, once per part: part k takes the tracks matching the k-th SEL, a "
+                        "comma-separated list of track names (any case; name:X for a name of digits) and General "
+                        "MIDI programs or ranges, e.g. --part-tracks Guitar --part-tracks Piano,Bass,Strings "
+                        "(LPD-5) or --part-tracks 0-7 --part-tracks 32-39; a track goes to the first part it "
+                        "matches, other tracks are left out, and files with a part empty are skipped")
 
 
 def spec_from_args(a) -> RollSpec:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,7 @@ class ShardWriter:
         self.windows = 0
         self._shard = None  # the open shard: (file, temporary path, sha256, windows so far)
         self.record_file = f"{split}-windows.npy"
-        self._raw_path = self.root / f".{split}-windows.raw"
-        self._raw = open(self._raw_path, "wb")
+        self._raw, self._raw_path = _temporary(self.root, f"{split}-windows.raw")
 
     def add(self, packed: np.ndarray, records: dict) -> None:
         """packed: uint8 [N, packed_size]; records: one array of N values per WINDOW_FIELDS."""
@@ -65,8 +65,7 @@ class ShardWriter:
         while len(packed):
             if self._shard is None:
                 name = f"{self.split}-{len(self.shards):05d}.bin"
-                tmp = self.root / f".{name}.tmp"
-                self._shard = [open(tmp, "wb"), tmp, hashlib.sha256(), 0, name]
+                self._shard = [*_temporary(self.root, name), hashlib.sha256(), 0, name]
             f, _, h, n, _ = self._shard
             part = np.ascontiguousarray(packed[: self.shard_windows - n]).tobytes()
             f.write(part)
@@ -93,24 +92,28 @@ class ShardWriter:
         header = {"descr": np.lib.format.dtype_to_descr(RECORD_DTYPE), "fortran_order": False,
                   "shape": (self.windows,)}
         path = self.root / self.record_file
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f, open(self._raw_path, "rb") as raw:  # copied in blocks, never all in memory
+        f, tmp = _temporary(self.root, path.name)
+        with f, open(self._raw_path, "rb") as raw:  # copied in blocks, never all in memory
             np.lib.format.write_array_header_1_0(f, header)
             shutil.copyfileobj(raw, f, 1 << 20)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        self.discard()
+        self._raw_path.unlink(missing_ok=True)
         return {"file": self.record_file, "windows": self.windows, "sha256": _sha256(path)}
 
     def discard(self) -> None:
-        """Remove what an unfinished writer left (its records so far and its open shard)."""
+        """Remove what an unfinished writer wrote: its records so far, its open shard and the shards
+        it finished (a set without a manifest is unusable anyway)."""
         self._raw.close()
         self._raw_path.unlink(missing_ok=True)
         if self._shard is not None:
             self._shard[0].close()
             self._shard[1].unlink(missing_ok=True)
             self._shard = None
+        for sh in self.shards:
+            (self.root / sh["file"]).unlink(missing_ok=True)
+        self.shards = []
 
 
 class JsonLines:
@@ -118,12 +121,11 @@ class JsonLines:
 
     def __init__(self, root: Path, name: str):
         self.path = Path(root) / name
-        self.tmp = self.path.with_name(f".{name}.tmp")
+        self._f, self.tmp = _temporary(Path(root), name)
         self.count = 0
-        self._f = open(self.tmp, "w", encoding="utf-8")
 
     def add(self, obj: dict) -> None:
-        self._f.write(json.dumps(obj, sort_keys=True) + "\n")
+        self._f.write((json.dumps(obj, sort_keys=True) + "\n").encode())
         self.count += 1
 
     def close(self) -> dict:
@@ -136,6 +138,14 @@ class JsonLines:
     def discard(self) -> None:
         self._f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _temporary(root: Path, name: str):
+    """(binary file, path) of a new file with a unique hidden name beside ``root/name``: two runs
+    writing one folder never write into each other's files."""
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    return os.fdopen(fd, "wb"), Path(tmp)
 
 
 def read_lines(root, entry: dict) -> list[dict]:

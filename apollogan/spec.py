@@ -39,8 +39,9 @@ class RollSpec:
     out_of_range: str = "drop"  # notes outside the pitch window: "drop" (counted) or "fold" by octaves
     parts: int = 1
     part_mode: str = "merge"
-    # With part_mode "tracks": one selector per part, comma-separated track names (any case) or
-    # General MIDI programs and ranges ("Guitar", "Piano,Strings", "32-39"); () takes tracks in order.
+    # With part_mode "tracks": one selector per part, comma-separated track names (any case; "name:808"
+    # for a name of digits) or General MIDI programs and ranges ("Guitar", "Piano,Strings", "32-39");
+    # a track goes to the first part it matches; () takes tracks in order.
     part_tracks: tuple = ()
 
     def __post_init__(self):
@@ -141,7 +142,9 @@ def _selector(sel: str) -> tuple[set, list]:
     names, programs = set(), []
     for item in (x.strip() for x in sel.split(",")):
         a, dash, b = item.partition("-")
-        if a.isdigit() and (not dash or b.isdigit()):
+        if item.lower().startswith("name:") and item[5:].strip():
+            names.add(item[5:].strip().lower())
+        elif a.isdigit() and (not dash or b.isdigit()):
             lo, hi = int(a), int(b if dash else a)
             if not 0 <= lo <= hi <= 127:
                 raise ValueError(f"part_tracks: program range {item!r} is not inside 0..127")

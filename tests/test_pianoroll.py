@@ -157,7 +157,7 @@ def bad_npz(d):
     np.savez(d / "zero.npz", x=np.zeros(3))
     with zipfile.ZipFile(d / "zero.npz", "a") as z:
         z.writestr("info.json", json.dumps({"name": "x", "resolution": 0}))
-    out["zero.npz"] = "bad resolution 0"
+    out["zero.npz"] = "bad resolution: 0 time steps per beat"
     np.savez(d / "broken.npz", pianoroll_0_csc_data=np.ones(2))  # the other sparse arrays missing
     with zipfile.ZipFile(d / "broken.npz", "a") as z:
         z.writestr("info.json", json.dumps({"name": "x", "resolution": 24, "0": {"program": 0, "is_drum": False}}))
@@ -215,3 +215,36 @@ def test_npz_and_midi_of_one_tune_give_one_shard_set(tmp_path):
     assert len(set(src.tolist())) == 2
     assert np.array_equal(s.get(np.nonzero(src == 0)[0]), s.get(np.nonzero(src == 1)[0]))
     assert read_song(f, SPEC).steps > 0
+
+
+def test_part_tracks_on_the_command_line_once_per_part(tmp_path, capsys):
+    from apollogan.preprocess import main
+
+    d = tmp_path / "in"
+    d.mkdir()
+    lpd5(d / "a.npz", steps=24 * 80)
+    out = tmp_path / "c"
+    assert main([str(d), "--out", str(out), "--quiet", "--parts", "tracks", "--part-tracks", "Guitar",
+                 "--part-tracks", "name:piano,32-39"]) == 0
+    spec = ShardSet(out).spec
+    assert spec.part_tracks == ("Guitar", "name:piano,32-39") and spec.parts == 2
+    song = read_npz_song(d / "a.npz", spec)
+    assert {(int(p), int(k)) for (p, _, _), k in zip(song.notes, song.part)} == {(76, 0), (60, 1), (40, 1)}
+    first = RollSpec(parts=2, part_mode="tracks", part_tracks=("24,guitar", "Guitar"))  # the first match wins
+    assert first.part_of_track("Guitar", 24) == 0 and first.part_of_track("name:x", 0) == -1
+    assert RollSpec(parts=2, part_mode="tracks", part_tracks=("name:808", "1")).part_of_track("808", 0) == 0
+
+
+def test_an_absurdly_long_npz_is_refused_before_its_rolls_are_expanded(tmp_path):
+    from scipy.sparse import csc_matrix
+
+    path = tmp_path / "long.npz"
+    steps = 24 * 30_000  # 30,000 beats, past the 20,000-beat limit; stored sparse, one note
+    roll = csc_matrix(([1], ([steps - 1], [60])), shape=(steps, 128), dtype=np.uint8)
+    np.savez(path, pianoroll_0_csc_data=roll.data, pianoroll_0_csc_indices=roll.indices,
+             pianoroll_0_csc_indptr=roll.indptr, pianoroll_0_csc_shape=np.array(roll.shape))
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("info.json", json.dumps({"name": "x", "resolution": 24, "0": {"program": 0, "is_drum": False,
+                                                                                  "name": "p"}}))
+    res = convert_file(path, 0, "train", SPEC, WindowOptions())
+    assert res.error == "absurd length: 30000 beats (limit 20000)"

@@ -181,3 +181,47 @@ def test_loader_with_worker_processes(midi_dir, tmp_path):
     serial = torch.cat(list(make_loader(ds, 4, shuffle=False)))
     parallel = torch.cat(list(make_loader(ds, 4, shuffle=False, num_workers=2)))
     assert torch.equal(serial, parallel)
+
+
+def test_one_tune_in_two_formats_lands_in_one_split_and_mid_names_keep_their_split():
+    import hashlib
+
+    from apollogan.preprocess import split_of
+
+    for stem in ("ashover1", "jigs12", "reels_simple_chords_5", "x"):
+        splits = {split_of(f"some/dir/{stem}{suffix}", 0.5) for suffix in (".mid", ".npz", ".MIDI", ".kar")}
+        assert len(splits) == 1
+        h = int.from_bytes(hashlib.sha1(f"{stem}.mid".encode()).digest()[:8], "big") / 2**64
+        assert splits == {"val" if h < 0.5 else "train"}  # the hash of NAME.mid, as before .npz input
+
+
+def test_file_list_is_normalised_and_an_unconverted_run_leaves_nothing(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "bad.mid").write_bytes(b"not midi")
+    (d / "also.npz").write_bytes(b"not a zip")
+    assert find_midi_files([d, str(d) + "/", f"{d}/./"]) == [f"{d}/also.npz", f"{d}/bad.mid"]
+    out = tmp_path / "c"
+    m = preprocess(find_midi_files([d]), out, SPEC, WindowOptions(), progress=False)
+    assert m["counts"]["converted"] == 0 and sorted(m["counts"]["skipped"]) == ["not a MIDI file (no MThd header)",
+                                                                              "not a pianoroll .npz file (not a zip archive)"]
+    assert list(out.iterdir()) == []
+
+
+def test_an_interrupted_run_leaves_no_file_behind(midi_dir, tmp_path, monkeypatch):
+    import apollogan.preprocess as pp
+
+    calls = []
+
+    def interrupt(args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return pp.convert_file(*args)
+
+    monkeypatch.setattr(pp, "_convert_job", interrupt)
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(find_midi_files([midi_dir]), out, SPEC, WindowOptions(val_fraction=0.3), shard_windows=2,
+                   progress=False)
+    assert list(out.iterdir()) == []
