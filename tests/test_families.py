@@ -88,9 +88,12 @@ def test_evaluate_scores_an_lstm_with_its_likelihood(tmp_path, chunks):
     out = train(tiny(tmp_path, chunks, "lstm"), **QUIET)
     from apollogan.evaluate import main as evaluate
 
-    assert evaluate(["--checkpoint", out["checkpoint"], "--num", "16", "--out", str(tmp_path / "e.json")]) == 0
+    assert evaluate(["--checkpoint", out["checkpoint"], "--num", "16", "--out", str(tmp_path / "e.json"),
+                     "--device", "cpu"]) == 0
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["family"] == "lstm" and res["samples"] == 16
+    with pytest.raises(UserError, match="--device tpu: not a device"):
+        evaluate(["--checkpoint", out["checkpoint"], "--device", "tpu"])
     v = res["validation"]
     assert v["windows"] > 0 and 0 < v["Val/nll_per_frame"] < 64 * math.log(2) + 1
     assert "overall" in res and "above_0.8" in res["memorisation"]
