@@ -221,6 +221,8 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     stem = "interp" if a.interpolate else "sample"
     empty = 0
+    if "npz" in a.format:
+        from .pianoroll import rolls_to_multitrack, save_npz  # pypianoroll and scipy: about a second
     for i, roll in enumerate(tqdm(rolls, desc="generate", unit="file", file=sys.stderr)):
         parts = roll_to_parts(roll, spec)
         empty += sum(map(len, parts)) == 0
@@ -229,8 +231,6 @@ def main(argv=None) -> int:
                                     velocity_std=a.velocity_std, rng=rng, names=part_names(spec)),
                       a.out / f"{stem}-{i:03d}.mid", durable=False)
         if "npz" in a.format:
-            from .pianoroll import rolls_to_multitrack, save_npz
-
             save_npz(rolls_to_multitrack(roll, spec, tempo=a.tempo, programs=programs), a.out / f"{stem}-{i:03d}.npz")
     if a.png:
         from .images import save_rolls_png, spec_look

@@ -91,6 +91,12 @@ def _fit_pitches(pitch: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndar
     return folded, np.ones(len(pitch), bool), 0, n_out
 
 
+def check_length(beats: float, max_beats: int) -> None:
+    """Files longer than ``max_beats`` beats are treated as broken."""
+    if beats > max_beats:
+        raise MidiError(f"absurd length: {beats:.0f} beats (limit {max_beats})")
+
+
 def read_bytes(path) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -184,9 +190,7 @@ def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeat
     pitch = np.concatenate([t.pitch for t in tracks]).astype(np.int64)
     if ticks[:n].min() < 0:
         raise MidiError("negative note times")
-    beats = ticks[n:].max() / tpq
-    if beats > max_beats:
-        raise MidiError(f"absurd length: {beats:.0f} beats (limit {max_beats})")
+    check_length(ticks[n:].max() / tpq, max_beats)
 
     steps_at = _ticks_to_steps(ticks, tpq, spb)
     off_grid = ticks * spb % tpq != 0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .midi import DEFAULT_MAX_BEATS, MidiError, Song, SourceTrack, build_song, roll_to_parts
+from .midi import DEFAULT_MAX_BEATS, MidiError, Song, SourceTrack, build_song, check_length
 from .spec import RollSpec
 
 NPZ_SUFFIX = ".npz"
@@ -106,8 +106,8 @@ def _check_length(path, max_beats: int) -> None:
             steps = max([int(s[0]) for s in shapes if len(s)] + [0])
     except Exception:  # left to pypianoroll.load, which names what is wrong
         return
-    if isinstance(res, int) and res > 0 and steps / res > max_beats:
-        raise MidiError(f"absurd length: {steps / res:.0f} beats (limit {max_beats})")
+    if isinstance(res, int) and res > 0:
+        check_length(steps / res, max_beats)
 
 
 def read_npz_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
@@ -145,14 +145,40 @@ def rolls_to_multitrack(roll: np.ndarray, spec: RollSpec, *, tempo: float = 120.
     downbeat[::bar] = True
     tracks = []
     names = names or spec.part_names
-    for k, notes in enumerate(roll_to_parts(roll, spec)):
+    for k in range(spec.parts):
         pr = np.zeros((steps, 128), bool)
-        for pitch, s, e in notes.tolist():
-            pr[s:e, pitch] = True
+        # a cell sounds when sustained or struck (the decoder's rule: roll_to_parts)
+        pr[:, spec.low:spec.high + 1] = np.asarray(roll[spec.part_channels(k)], bool).any(axis=0).T
         tracks.append(pypianoroll.BinaryTrack(name=names[k], program=int(programs[k % len(programs)]), is_drum=False,
                                               pianoroll=pr))
     return pypianoroll.Multitrack(resolution=spec.steps_per_beat, tempo=np.full(steps, float(tempo)),
                                   downbeat=downbeat, tracks=tracks)
+
+
+def multitrack_from_midi(path, resolution: int = 24):
+    """A MIDI file as a pypianoroll Multitrack at ``resolution`` steps per quarter note, read by
+    symusic: the quarter-note grid, bar lines and tempo map as the MIDI path sees them (unlike
+    ``pypianoroll.read``, see the module docstring). Velocities become the pianoroll's values."""
+    import pypianoroll
+    import symusic
+
+    score = symusic.Score(str(path)).resample(resolution, min_dur=1)
+    steps = score.end() + 1
+    tracks = []
+    for t in score.tracks:
+        a = t.notes.numpy()
+        pr = np.zeros((steps, 128), np.uint8)
+        for pitch, start, length, vel in zip(a["pitch"].tolist(), a["time"].tolist(), a["duration"].tolist(),
+                                             a["velocity"].tolist()):
+            pr[start:start + length, pitch] = vel
+        tracks.append(pypianoroll.StandardTrack(name=t.name, program=t.program, is_drum=t.is_drum, pianoroll=pr))
+    downbeat = np.zeros(steps, bool)
+    downbeat[np.asarray(score.get_downbeats(), np.int64)] = True
+    tempos = score.tempos.numpy()
+    bpm = 60_000_000.0 / tempos["mspq"] if len(tempos["mspq"]) else np.array([120.0])
+    at = np.searchsorted(tempos["time"], np.arange(steps), side="right") - 1 if len(tempos["mspq"]) else 0
+    tempo = bpm[np.maximum(at, 0)] * np.ones(steps)
+    return pypianoroll.Multitrack(resolution=resolution, tempo=tempo, downbeat=downbeat, tracks=tracks)
 
 
 def save_npz(multitrack, path) -> None:

@@ -154,10 +154,6 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
     return FileResult(np.packbits(win.reshape(len(win), int(np.prod(spec.shape))), axis=1), records, info, stats)
 
 
-class _NothingConverted(Exception):
-    pass
-
-
 def _convert_job(args):
     try:
         return convert_file(*args)
@@ -202,16 +198,17 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
                 per_split[split] += 1
                 totals.update(res.stats)
             bar.set_postfix(windows=sum(w.windows for w in writers.values()), skipped=skipped.count, refresh=False)
-        if not sources.count:
-            raise _NothingConverted
-        records = {s: writers[s].close() for s in SPLITS}
-        files_entry = {"sources": sources.close(), "skipped": skipped.close()}
-    except BaseException as e:  # interrupted or nothing converted: leave no file of this run behind
+        records, files_entry = {}, {}
+        if sources.count:
+            records = {s: writers[s].close() for s in SPLITS}
+            files_entry = {"sources": sources.close(), "skipped": skipped.close()}
+        else:  # nothing converted: no set, so no file of this run stays behind
+            for w in parts:
+                w.discard()
+    except BaseException:  # interrupted: the same
         for w in parts:
             w.discard()
-        if not isinstance(e, _NothingConverted):
-            raise
-        records, files_entry = {}, {}
+        raise
     finally:
         bar.close()
         if pool:

@@ -51,7 +51,8 @@ class ShardWriter:
         self.shard_windows = shard_windows
         self.shards: list[dict] = []
         self.windows = 0
-        self._shard = None  # the open shard: (file, temporary path, sha256, windows so far)
+        self._file = self._tmp = self._hash = None  # the open shard, under a temporary name
+        self._in_shard = 0  # windows written to it
         self.record_file = f"{split}-windows.npy"
         self._raw, self._raw_path = _temporary(self.root, f"{split}-windows.raw")
 
@@ -63,30 +64,33 @@ class ShardWriter:
         self._raw.write(rows.tobytes())
         self.windows += len(packed)
         while len(packed):
-            if self._shard is None:
-                name = f"{self.split}-{len(self.shards):05d}.bin"
-                self._shard = [*_temporary(self.root, name), hashlib.sha256(), 0, name]
-            f, _, h, n, _ = self._shard
-            part = np.ascontiguousarray(packed[: self.shard_windows - n]).tobytes()
-            f.write(part)
-            h.update(part)
-            self._shard[3] += min(len(packed), self.shard_windows - n)
-            packed = packed[self.shard_windows - n:]
-            if self._shard[3] == self.shard_windows:
+            if self._file is None:
+                self._file, self._tmp = _temporary(self.root, self._shard_name())
+                self._hash, self._in_shard = hashlib.sha256(), 0
+            take = packed[: self.shard_windows - self._in_shard]
+            data = np.ascontiguousarray(take).tobytes()
+            self._file.write(data)
+            self._hash.update(data)
+            self._in_shard += len(take)
+            packed = packed[len(take):]
+            if self._in_shard == self.shard_windows:
                 self._finish_shard()
 
+    def _shard_name(self) -> str:
+        return f"{self.split}-{len(self.shards):05d}.bin"
+
     def _finish_shard(self) -> None:
-        f, tmp, h, n, name = self._shard
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, self.root / name)
-        self.shards.append({"file": name, "windows": n, "sha256": h.hexdigest()})
-        self._shard = None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        name = self._shard_name()
+        os.replace(self._tmp, self.root / name)
+        self.shards.append({"file": name, "windows": self._in_shard, "sha256": self._hash.hexdigest()})
+        self._file = None
 
     def close(self) -> dict:
         """Finish the last shard and write the records file; returns the records' manifest entry."""
-        if self._shard is not None:
+        if self._file is not None:
             self._finish_shard()
         self._raw.close()
         header = {"descr": np.lib.format.dtype_to_descr(RECORD_DTYPE), "fortran_order": False,
@@ -107,10 +111,10 @@ class ShardWriter:
         it finished (a set without a manifest is unusable anyway)."""
         self._raw.close()
         self._raw_path.unlink(missing_ok=True)
-        if self._shard is not None:
-            self._shard[0].close()
-            self._shard[1].unlink(missing_ok=True)
-            self._shard = None
+        if self._file is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._file = None
         for sh in self.shards:
             (self.root / sh["file"]).unlink(missing_ok=True)
         self.shards = []

@@ -24,22 +24,9 @@ import symusic
 from tqdm import tqdm
 
 from apollogan.cli import bundled_data, find_midi_files
+from apollogan.pianoroll import multitrack_from_midi
 from apollogan.preprocess import WindowOptions, convert_file
 from apollogan.spec import RollSpec
-
-
-def via_symusic(midi, path, resolution: int) -> None:
-    s = symusic.Score(str(midi)).resample(resolution, min_dur=1)
-    steps = s.end() + 1
-    tracks = []
-    for t in s.tracks:
-        pr = np.zeros((steps, 128), np.uint8)
-        for n in t.notes:
-            pr[n.time:n.time + n.duration, n.pitch] = n.velocity
-        tracks.append(pypianoroll.StandardTrack(name=t.name, program=t.program, is_drum=t.is_drum, pianoroll=pr))
-    bars = np.zeros(steps, bool)
-    bars[np.asarray(s.get_downbeats()).astype(int)] = True
-    pypianoroll.Multitrack(resolution=resolution, tempo=np.full(steps, 120.0), downbeat=bars, tracks=tracks).save(path)
 
 
 def same(a, b) -> bool:
@@ -76,7 +63,7 @@ def main(argv=None) -> int:
             except Exception:  # pypianoroll.read raising is a mismatch too
                 pass
             built = Path(tmp) / f"s{i}.npz"
-            via_symusic(f, built, a.resolution)
+            multitrack_from_midi(f, a.resolution).save(built)
             tally[meter, "built"] += same(midi, convert_file(built, 0, "val", spec, opt))
     meters = sorted({m for m, _ in tally}, key=lambda m: -tally[m, "files"])
     print("| meter | tunes | .npz by pypianoroll.read | .npz from symusic notes and bar lines |")

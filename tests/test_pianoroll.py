@@ -10,7 +10,15 @@ import symusic
 from conftest import NOTTINGHAM, write_midi
 
 from apollogan.midi import read_song, roll_to_parts
-from apollogan.pianoroll import complete_bars, meters_from_bars, read_npz_song, roll_notes, rolls_to_multitrack, save_npz
+from apollogan.pianoroll import (
+    complete_bars,
+    meters_from_bars,
+    multitrack_from_midi,
+    read_npz_song,
+    roll_notes,
+    rolls_to_multitrack,
+    save_npz,
+)
 from apollogan.preprocess import WindowOptions, convert_file, preprocess
 from apollogan.shards import ShardSet, read_lines
 from apollogan.spec import RollSpec
@@ -30,17 +38,7 @@ def same_windows(a, b):
 def via_symusic(midi, path, resolution=24):
     """An .npz built with pypianoroll's classes and save() from the file as symusic reads it, with
     its real bar lines (pypianoroll.read puts 6/8 on the wrong grid; see the 6/8 test)."""
-    s = symusic.Score(str(midi)).resample(resolution, min_dur=1)
-    steps = s.end() + 1
-    tracks = []
-    for t in s.tracks:
-        pr = np.zeros((steps, 128), np.uint8)
-        for n in t.notes:
-            pr[n.time:n.time + n.duration, n.pitch] = n.velocity
-        tracks.append(pypianoroll.StandardTrack(name=t.name, program=t.program, is_drum=t.is_drum, pianoroll=pr))
-    bars = np.zeros(steps, bool)
-    bars[np.asarray(s.get_downbeats()).astype(int)] = True
-    pypianoroll.Multitrack(resolution=resolution, tempo=np.full(steps, 100.0), downbeat=bars, tracks=tracks).save(path)
+    multitrack_from_midi(midi, resolution).save(path)
     return path
 
 
@@ -66,7 +64,7 @@ def test_6_8_tunes_keep_their_bars_from_the_downbeat_array(tmp_path):
         a, b = (convert_file(p, 0, "train", SPEC, WindowOptions(hop=64)) for p in (f, npz))
         assert same_windows(a, b), f.name
         assert set(b.records["ts_num"]) == {3} and set(a.records["ts_num"]) == {6}  # 3 beats: read as 3/4
-        assert read_npz_song(npz, SPEC).tempo == 100.0
+        assert read_npz_song(npz, SPEC).tempo == read_song(f, SPEC).tempo
 
 
 def test_resolution_is_resampled_to_the_grid(tmp_path):
