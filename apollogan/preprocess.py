@@ -30,7 +30,19 @@ from . import __version__
 from .cli import UserError, bundled_data, find_midi_files, run
 from .midi import DEFAULT_MAX_BEATS, MidiError, Song, read_song, song_roll
 from .pianoroll import NPZ_SUFFIX, read_npz_song
-from .shards import FORMAT, SKIPPED, SOURCES, SPLITS, VERSION, JsonLines, ShardWriter, is_current, read_manifest, write_manifest
+from .shards import (
+    FORMAT,
+    RECORD_DTYPE,
+    SKIPPED,
+    SOURCES,
+    SPLITS,
+    VERSION,
+    JsonLines,
+    ShardWriter,
+    is_current,
+    read_manifest,
+    write_manifest,
+)
 from .spec import PART_MODES, RollSpec
 
 DEFAULT_OUT = Path("chunks/nottingham")
@@ -59,7 +71,7 @@ class FileResult:
 
 def _display_path(path: Path, cwd: str) -> str:
     """Relative to the working folder ``cwd`` when below it, so manifests do not depend on the clone's location."""
-    full = os.path.abspath(path)  # not resolve(): a symlink loop must still get a name
+    full = os.path.normpath(os.path.join(cwd, path))  # not resolve(): a symlink loop must still get a name
     return full[len(cwd) + 1:] if full.startswith(cwd + os.sep) else str(path)
 
 
@@ -147,8 +159,9 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
         starts, shift = np.concatenate([starts, starts[w]]), np.concatenate([shift, shift[w]])
         transpose = np.concatenate([transpose, v])
     ts = song.time_signature_at(starts)
-    records = {"source": np.full(len(win), index), "offset": starts, "transpose": transpose,
-               "shift": shift, "ts_num": ts[:, 0], "ts_den": ts[:, 1]}
+    records = np.empty(len(win), RECORD_DTYPE)  # one array: cheap to send back from a worker
+    records["source"], records["offset"], records["transpose"] = index, starts, transpose
+    records["shift"], records["ts_num"], records["ts_den"] = shift, ts[:, 0], ts[:, 1]
     info = {"tempo": song.tempo, "steps": song.steps, "notes": int(len(song.notes))}
     stats = dict(song.stats, windows_dropped_sparse=int((~dense).sum()))
     return FileResult(np.packbits(win.reshape(len(win), int(np.prod(spec.shape))), axis=1), records, info, stats)
@@ -159,6 +172,13 @@ def _convert_job(args):
         return convert_file(*args)
     except Exception as e:  # an unforeseen file must not stop the others; it is named and counted
         return FileResult(error=f"unexpected error: {type(e).__name__}: {e}")
+
+
+def default_workers(files: int) -> int:
+    """One worker per usable core, but only as many as get 64 files each: fewer files take longer to
+    hand out than to convert."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, files // 64))
 
 
 def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, workers: int = 1,
@@ -179,11 +199,13 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
         sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
         parts = list(writers.values()) + [sources, skipped]
+        # A file takes about 0.3 ms and a task's round trip about 0.5 ms: workers get up to 32 files at a time.
         pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-        batch = 256  # bounded batches keep memory flat however many files there are
+        batch = 256 * max(workers, 1)  # bounded batches keep memory flat however many files there are
         for lo in range(0, len(files), batch):
             chunk = [(f, lo + i, split_of(f, opt.val_fraction), spec, opt) for i, f in enumerate(files[lo:lo + batch])]
-            results = pool.imap(_convert_job, chunk, chunksize=8) if pool else map(_convert_job, chunk)
+            size = max(1, min(32, len(chunk) // (2 * workers)))
+            results = pool.imap(_convert_job, chunk, chunksize=size) if pool else map(_convert_job, chunk)
             for (path, _, split, _, _), res in zip(chunk, results):
                 bar.update()
                 if res.error:
@@ -192,7 +214,7 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
                     bar.write(f"skip {path}: {res.error}", file=sys.stderr)
                     continue
                 # records["source"] holds the file index; renumber to the index among converted files
-                res.records["source"] = np.full(len(res.packed), sources.count)
+                res.records["source"] = sources.count
                 writers[split].add(res.packed, res.records)
                 sources.add({"path": _display_path(path, cwd), "split": split, "windows": int(len(res.packed)), **res.info})
                 per_split[split] += 1
@@ -292,7 +314,8 @@ def main(argv=None) -> int:
     ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files (.mid, .midi, .kar), pypianoroll .npz files "
                     "or folders of them (default: bundled Nottingham full/)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
-    ap.add_argument("--workers", type=int, default=1, help="processes (default %(default)s)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes; 0 (the default): one per CPU core this process may use")
     add_spec_args(ap)
     o = WindowOptions()
     g = ap.add_argument_group("windows and augmentation")
@@ -308,15 +331,16 @@ def main(argv=None) -> int:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     spec = spec_from_args(a)
-    if a.hop < 1 or a.workers < 1 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
-        raise UserError("--hop, --workers and --shard-windows must be positive and --val-fraction in [0, 1)")
+    if a.hop < 1 or a.workers < 0 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
+        raise UserError("--hop and --shard-windows must be positive, --workers 0 or more and --val-fraction in [0, 1)")
     opt = WindowOptions(a.hop, a.min_cells, a.transpose, a.transpose_range, tuple(a.time_shifts),
                         a.val_fraction, a.seed, a.max_beats)
     files = find_midi_files(a.inputs or [bundled_data()])
     if not files:
         raise UserError(f"no MIDI (.mid, .midi, .kar) or .npz files in {', '.join(map(str, a.inputs))}")
+    workers = a.workers or default_workers(len(files))
     print(f"{len(files)} files -> {a.out}  spec {spec.describe()}", file=sys.stderr)
-    m = preprocess(files, a.out, spec, opt, workers=a.workers, shard_windows=a.shard_windows, progress=not a.quiet)
+    m = preprocess(files, a.out, spec, opt, workers=workers, shard_windows=a.shard_windows, progress=not a.quiet)
     print(summary(m))
     if not m["counts"]["converted"]:
         raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
@@ -355,7 +379,8 @@ def ensure_shards(root: Path, data=None, log=print) -> Path:
         spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
         why = "an older format" if (root / "manifest.json").is_file() else "no shards"
         log(f"{why} at {root}: preprocessing the bundled data first")
-        m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
+        files = find_midi_files([bundled_data()])
+        m = preprocess(files, root, spec, opt, workers=default_workers(len(files)))
         log(summary(m))
     read_manifest(root)
     return root

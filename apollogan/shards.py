@@ -56,8 +56,9 @@ class ShardWriter:
         self.record_file = f"{split}-windows.npy"
         self._raw, self._raw_path = _temporary(self.root, f"{split}-windows.raw")
 
-    def add(self, packed: np.ndarray, records: dict) -> None:
-        """packed: uint8 [N, packed_size]; records: one array of N values per WINDOW_FIELDS."""
+    def add(self, packed: np.ndarray, records) -> None:
+        """packed: uint8 [N, packed_size]; records: [N] of RECORD_DTYPE, or one array of N values
+        per WINDOW_FIELDS."""
         rows = np.empty(len(packed), RECORD_DTYPE)
         for k in WINDOW_FIELDS:
             rows[k] = records[k]
@@ -149,7 +150,7 @@ def _temporary(root: Path, name: str):
     writing one folder never write into each other's files."""
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)
-    return os.fdopen(fd, "wb"), Path(tmp)
+    return os.fdopen(fd, "wb", buffering=1 << 20), Path(tmp)  # a large buffer: windows come 2 KiB at a time
 
 
 def read_lines(root, entry: dict) -> list[dict]:

@@ -5,15 +5,15 @@
     python scripts/bench_data.py --scale 10 --workers 1 2 4 8 16
 
 Prints: preprocessing files/s (1 worker and all cores, in this process) beside a plain mido
-parse of the same files; the whole `python -m apollogan.preprocess` command against a
-plain mido parse in its own process; loader windows/s to float tensors beside a gather from
+parse of the same files; the whole `python -m apollogan.preprocess` command (default
+workers: one per core) against a plain mido parse in its own process; loader windows/s to float tensors beside a gather from
 an in-RAM array of the same size (bit-packed and uint8 memmaps); MIDI writing files/s
 (rolls -> files on disk, symusic beside a plain mido writer) and the whole
 `python -m apollogan.decode --limit 1000` command.
 
 --scale K builds a corpus of K copies of the input files (copied, under K folders) and
-times the whole preprocess command on it with its peak RSS (VmHWM), files/s and manifest
-size; --workers N ... times it again with N worker processes. Goals: whole-process
+times the whole preprocess command on it, one worker, with its peak RSS (VmHWM), files/s and
+manifest size; --workers N ... times it again with N worker processes. Goals: whole-process
 preprocessing >= 10x a plain mido parse, loading >= half the in-RAM rate, peak RSS at 100x
 at most 1.5x the 1x figure, MIDI writing >= 1,000 files/s.
 """
@@ -197,7 +197,8 @@ def main(argv=None) -> int:
 
         for k in a.scale:
             corpus = build_corpus(files, k, Path(tmp) / f"x{k}")
-            wall, rss = run_child(["apollogan.preprocess", corpus, "--out", Path(tmp) / f"c{k}", "--quiet"])
+            wall, rss = run_child(["apollogan.preprocess", corpus, "--out", Path(tmp) / f"c{k}", "--quiet",
+                                   "--workers", "1"])  # one process: its VmHWM is the whole footprint
             mb = (Path(tmp) / f"c{k}" / "manifest.json").stat().st_size / 1024
             print(f"scale {k:4d}x: {len(files) * k:7d} files, {wall:7.1f} s, {len(files) * k / wall:6.0f} files/s, "
                   f"peak RSS {rss:6.1f} MiB, manifest {mb:.1f} KiB")

@@ -9,7 +9,7 @@ import torch
 from apollogan.cli import UserError, find_midi_files
 from apollogan.data import RollDataset, make_loader
 from apollogan.midi import notes_to_roll, read_song
-from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.preprocess import WindowOptions, default_workers, preprocess
 from apollogan.shards import RECORD_DTYPE, ShardSet, read_lines
 from apollogan.spec import RollSpec
 
@@ -89,6 +89,13 @@ def test_preprocessing_is_deterministic_across_runs_and_workers(midi_dir, tmp_pa
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
     for n in names:
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+
+
+def test_default_workers_one_per_core_but_64_files_each(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert default_workers(10) == 1  # too few files to be worth a second process
+    assert default_workers(130) == 2
+    assert default_workers(100_000) == 4
 
 
 def test_transpositions_stay_inside_and_are_recorded(midi_dir, tmp_path):
