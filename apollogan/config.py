@@ -41,6 +41,8 @@ class DCGANConfig:
     g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
     binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
     # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
+    g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
+    # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed
@@ -316,6 +318,10 @@ def validate(cfg: Config) -> None:
                  "noise_channels", "cond_width"):
         if getattr(m, name, 1) < 1:
             raise UserError(f"model.{name}: must be at least 1")
+    if getattr(m, "g_hold", 1) not in (1, 2, 4):
+        raise UserError(f"model.g_hold: {m.g_hold} must be 1, 2 or 4 (steps G holds each column for)")
+    if getattr(m, "g_hold", 1) > 1 and cfg.data.onset:
+        raise UserError("model.g_hold: a held column would repeat its onsets; it needs data.onset=false")
     gan = m.family in GAN_FAMILIES
     defaults = TrainConfig()
     for name in GAN_TRAIN_KEYS if not gan else LIKELIHOOD_TRAIN_KEYS:

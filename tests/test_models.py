@@ -42,6 +42,23 @@ def test_variants_build_with_computed_sizes(kw, spec):
     assert d(x).shape == (3,)
 
 
+@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
+def test_held_columns_give_notes_of_at_least_hold_steps(upsample):
+    torch.manual_seed(0)
+    g = Generator(RollSpec(), 4, binary="deterministic", upsample=upsample, hold=2).train()
+    x = g(g.noise(4))
+    assert x.shape == (4, 1, 64, 256) and set(x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(x[..., 0::2], x[..., 1::2])  # every column drawn twice
+    assert not torch.equal(x[..., 1:-1:2], x[..., 2::2])  # and only twice: pairs differ from their neighbours
+    on = x[..., 1:] > x[..., :-1]  # a note starts where a cell turns on
+    assert on.any() and not on[..., 0::2].any()  # no note starts on an odd step: on[i] compares steps i and i + 1
+    x.sum().backward()  # the straight-through gradient reaches G's first layer
+    assert g.net[0].weight.grad.abs().sum() > 0 if upsample == "transposed" else g.net[1].weight.grad.abs().sum() > 0
+    assert Generator(RollSpec(), 4, hold=1)(g.noise(1)).shape == (1, 1, 64, 256)
+    with pytest.raises(ValueError, match="hold must be 1, 2 or 4"):
+        Generator(RollSpec(), 4, hold=3)
+
+
 def test_wrong_shapes_are_refused():
     g, d = build_models(RollSpec(), ModelConfig(width=4))
     with pytest.raises(ValueError, match=r"noise must be \[B, 7, 2, 8\]"):
@@ -90,11 +107,14 @@ def test_config_overrides_types_and_errors(tmp_path):
     for bad, msg in [("train.stepz=1", "train.stepz: unknown key"), ("nope.x=1", "nope.x: unknown key"),
                      ("train.steps=1.5", "train.steps: expected int"), ("train.steps=abc", "expected int"),
                      ("train.amp=fp8", "not one of"), ("train.steps", "KEY=VALUE"),
-                     ("train.steps=0", "must be at least 1")]:
+                     ("train.steps=0", "must be at least 1"), ("model.g_hold=3", "must be 1, 2 or 4")]:
         with pytest.raises(UserError, match=msg):
             load_config(None, [bad])
     with pytest.raises(UserError, match="d_norm=spectral"):
         load_config(None, ["train.loss=wgan-gp"])
+    with pytest.raises(UserError, match="model.g_hold: a held column would repeat its onsets"):
+        load_config(None, ["model.g_hold=2", "data.onset=true"])
+    assert load_config(None, ["model.g_hold=4"]).model.g_hold == 4
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  batch_sise: 3\n")
     with pytest.raises(UserError, match="train.batch_sise: unknown key"):

@@ -2,7 +2,8 @@
 
 Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid
                (optionally binary neurons in training: model.binary; or nearest-neighbour
-               upsampling then 3x3 convs: model.g_upsample=nearest).
+               upsampling then 3x3 convs: model.g_upsample=nearest; optionally drawing one column
+               per 2 or 4 steps and holding it: model.g_hold).
 Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
 The number of layers follows from the roll shape and the noise shape (64 x 256 from 2 x 8 is
 five doublings); every derived size is computed, never hard-coded.
@@ -38,10 +39,13 @@ def _widths(width: int, n: int) -> list[int]:
 
 class Generator(nn.Module):
     def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
-                 noise_dim: int = 100, binary: str = "none", upsample: str = "transposed"):
+                 noise_dim: int = 100, binary: str = "none", upsample: str = "transposed", hold: int = 1):
         super().__init__()
-        self.binary = binary
+        self.binary, self.hold = binary, hold
         n = _doublings(spec)
+        if hold not in (1, 2, 4) or 2 ** n < hold:
+            raise ValueError(f"hold must be 1, 2 or 4 and at most {2 ** n}, got {hold}")
+        time_doubles = [i < n - int(math.log2(hold)) for i in range(n)]  # the last layers double pitch only
         self.noise_shape = (noise_channels, *NOISE_HW)
         self.out_shape = spec.shape
         self.noise_dim = noise_dim if noise == "flat" else None
@@ -49,14 +53,17 @@ class Generator(nn.Module):
         self.project = nn.Linear(noise_dim, math.prod(self.noise_shape)) if noise == "flat" else None
         chans = [noise_channels] + _widths(width, n)
 
-        def up(cin, cout, bias):  # each doubles both axes
+        def up(cin, cout, bias, time):  # each doubles pitch, and time unless ``time`` is False
             if upsample == "nearest":  # resize, then convolve: no checkerboard of the strided transpose
-                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)]
-            return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias)]
+                return [nn.Upsample(scale_factor=(2, 2 if time else 1), mode="nearest"),
+                        nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)]
+            if time:
+                return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias)]
+            return [nn.ConvTranspose2d(cin, cout, (4, 3), (2, 1), 1, bias=bias)]
         layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):  # [B, 8d, 4, 16] ... [B, d, 32, 128]
-            layers += [*up(cin, cout, False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
-        layers += [*up(chans[-1], spec.channels, True), nn.Sigmoid()]  # [B, C, 64, 256]
+        for cin, cout, time in zip(chans[:-1], chans[1:], time_doubles):  # [B, 8d, 4, 16] ... [B, d, 32, 128]
+            layers += [*up(cin, cout, False, time), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+        layers += [*up(chans[-1], spec.channels, True, time_doubles[-1]), nn.Sigmoid()]  # [B, C, 64, 256 / hold]
         self.net = nn.Sequential(*layers)
 
     def noise(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -70,8 +77,8 @@ class Generator(nn.Module):
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
         if logits:
-            return self.net[:-1](z)
-        p = self.net(z)
+            return self.net[:-1](z).repeat_interleave(self.hold, dim=-1)
+        p = self.net(z).repeat_interleave(self.hold, dim=-1)
         if self.binary == "none" or not self.training:
             return p  # in eval mode binary neurons give their probabilities; sampling binarises them
         hard = (p >= 0.5) if self.binary == "deterministic" else (torch.rand_like(p) < p)
@@ -138,7 +145,8 @@ def init_weights(m: nn.Module) -> None:
 
 
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
-    g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample)
+    g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
+                  cfg.g_hold)
     d = Discriminator(spec, cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
     g.apply(init_weights)
     d.apply(init_weights)
