@@ -263,7 +263,13 @@ def _without_steps(config: dict) -> dict:
 
 def _same_config(job: Job, config: dict | None, what: Path) -> None:
     """Refuse a run made (or begun) with another config than the ablation now asks for."""
-    if config is not None and _without_steps(config) != _without_steps(job.config):
+    if config is None:
+        return
+    try:  # a key added to the config since the run was made counts at its default
+        config = load_config(base=config).to_dict()
+    except UserError:
+        pass  # a key since removed: compared as stored, so the run is refused
+    if _without_steps(config) != _without_steps(job.config):
         theirs, ours = _without_steps(config), _without_steps(job.config)
         diff = [f"{s}.{k}" for s in ours for k in ours[s] if theirs.get(s, {}).get(k) != ours[s][k]]
         raise UserError(f"{what}: this run was made with another config ({', '.join(diff[:4]) or 'other keys'} "

@@ -32,6 +32,7 @@ class DCGANConfig:
 
     family: str = "dcgan"
     width: int = 128  # d: channels are multiples of it
+    d_width: int = 0  # D's d when it differs from G's (0: model.width)
     noise: str = "reference"  # "reference": noise is a [7, 2, 8] tensor; "flat": a vector projected to it
     noise_channels: int = 7
     noise_dim: int = 100  # length of the flat noise vector
@@ -41,6 +42,8 @@ class DCGANConfig:
     g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
     binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
     # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
+    binary_grad: str = "sigmoid"  # the binary neurons' backward: "sigmoid" (sigmoid-adjusted straight-through,
+    # BinaryMuseGAN) or "identity" (plain straight-through: the output's gradient goes to the logits as it is)
     g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
     # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it
 
@@ -108,7 +111,8 @@ FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae
                   "lstm_gan": LSTMGANConfig, "cond_gan": CondGANConfig}
 GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
 # train keys that only one kind of family reads: setting them for the other kind is refused
-GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps")
+GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
+                  "r1_every")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
 
 
@@ -128,6 +132,8 @@ class TrainConfig:
     feature_matching: float = 0.0  # weight of a feature-matching term in the generator loss
     label_smoothing: float = 0.0  # one-sided: real targets 1 - s (bce only)
     d_steps: int = 1  # discriminator steps per generator step
+    r1: float = 0.0  # gamma of the R1 penalty, gamma / 2 * |grad_x D(x)|^2 on real rolls (0: off)
+    r1_every: int = 1  # apply it every N discriminator steps, scaled by N (lazy regularisation)
     ema_decay: float = 0.999
     seed: int = 0
     amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
@@ -175,6 +181,7 @@ CHOICES = {
     "model.d_norm": ("batch", "spectral", "none"),
     "model.binary": ("none", "deterministic", "stochastic"),
     "model.g_upsample": ("transposed", "nearest"),
+    "model.binary_grad": ("sigmoid", "identity"),
     "train.loss": ("bce", "hinge", "wgan-gp"),
     "train.amp": ("auto", "bf16", "off"),
 }
@@ -308,12 +315,14 @@ def meter_of(text: str) -> tuple[int, int]:
 
 def validate(cfg: Config) -> None:
     t, m = cfg.train, cfg.model
-    for key in ("train.steps", "train.batch_size", "train.d_steps", "run.log_every",
+    for key in ("train.steps", "train.batch_size", "train.d_steps", "train.r1_every", "run.log_every",
                 "run.sample_every", "run.checkpoint_every", "run.keep", "run.num_samples", "run.metrics_samples",
                 "run.val_windows"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(f"{key}: must be at least 1")
+    if getattr(m, "d_width", 0) < 0:
+        raise UserError("model.d_width: must be >= 0 (0: model.width)")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim",
                  "noise_channels", "cond_width"):
         if getattr(m, name, 1) < 1:
@@ -332,6 +341,8 @@ def validate(cfg: Config) -> None:
         raise UserError("train.ema_decay: must be in [0, 1)")
     if not 0 <= t.label_smoothing < 0.5:
         raise UserError("train.label_smoothing: must be in [0, 0.5)")
+    if t.r1 < 0:
+        raise UserError("train.r1: must be >= 0 (the penalty's gamma; 0 is off)")
     if t.label_smoothing and t.loss != "bce":
         raise UserError(f"train.label_smoothing: smooths the targets of the bce loss; train.loss={t.loss} has none")
     if t.loss == "wgan-gp" and getattr(m, "d_norm", None) == "batch":

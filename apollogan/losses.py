@@ -23,6 +23,13 @@ def gradient_penalty(d, real: torch.Tensor, fake: torch.Tensor, generator: torch
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(d, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the mean over real rolls of |grad_x D(x)|^2."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
+
+
 def feature_matching(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
     """Squared distance between mean discriminator features of real and generated batches."""
     return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).mean()

@@ -238,8 +238,9 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         ensure_shards(root, cfg.data, log=log)
     if env.world > 1:
         dist.barrier()  # the other ranks wait for rank 0's preprocessing
-        if t.loss == "wgan-gp":
-            raise UserError("train.loss=wgan-gp is single-process only (its double backward bypasses DDP)")
+        if t.loss == "wgan-gp" or getattr(t, "r1", 0):
+            raise UserError("train.loss=wgan-gp and train.r1 are single-process only (their double backward "
+                            "bypasses DDP)")
         if t.time_limit:
             raise UserError("train.time_limit is single-process only (the ranks' clocks would stop them at different steps)")
     data = RollDataset(root, "train", spec=RollSpec.from_dict(ckpt["spec"]) if ckpt else None, verify=env.main)

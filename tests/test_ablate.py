@@ -127,6 +127,12 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
     (base / "loss=hinge-s1" / "final.json").unlink()
     (ck / "last.pt").unlink()
     os.link(ck / "step-0000010.pt", ck / "last.pt")
+    # a run made before a config key existed counts that key at its default: still finished
+    f = base / "loss=bce-s1" / "final.json"
+    doc = json.loads(f.read_text())
+    assert doc["config"]["model"].pop("fc_dim") == 512  # at its default in the smoke preset
+    f.write_text(json.dumps(doc))
+    stamp["loss=bce-s1"] = f.stat().st_mtime_ns
     r = run_ablate(tmp_path, SMOKE)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("finished before") == 3, r.stdout
@@ -222,6 +228,24 @@ def test_binary_neurons_are_binary_forward_and_pass_the_sigmoid_gradient_back():
         plain.eval()
         assert torch.equal(g(z), plain(z))  # in eval mode: probabilities, binarised by the sampler
         plain.train()
+
+
+def test_plain_straight_through_passes_the_output_gradient_to_the_logits():
+    spec = RollSpec()
+    torch.manual_seed(0)
+    plain = Generator(spec, width=4)
+    g = Generator(spec, width=4, binary="deterministic", binary_grad="identity")
+    g.load_state_dict(plain.state_dict())
+    z = g.noise(3)
+    out = g(z)
+    assert torch.equal(out, (plain(z) >= 0.5).float())  # the same 0/1 forward
+    w = torch.randn_like(out)
+    (gl,) = torch.autograd.grad((plain(z, logits=True) * w).sum(), plain.net[-2].bias)
+    (gb,) = torch.autograd.grad((out * w).sum(), g.net[-2].bias)
+    assert torch.allclose(gl, gb, atol=1e-4)  # as if the output were the logits themselves
+    p = plain(z)
+    (gs,) = torch.autograd.grad((p * w).sum(), plain.net[-2].bias)
+    assert not torch.allclose(gs, gb, atol=1e-2)  # not the sigmoid-adjusted gradient
 
 
 def test_nearest_upsampling_generator_keeps_the_shapes_without_transposed_convolutions():

@@ -13,6 +13,7 @@ from apollogan.losses import (
     feature_matching,
     generator_loss,
     gradient_penalty,
+    r1_penalty,
 )
 from apollogan.models import Generator, build_models, count_params
 from apollogan.spec import RollSpec
@@ -59,6 +60,13 @@ def test_held_columns_give_notes_of_at_least_hold_steps(upsample):
         Generator(RollSpec(), 4, hold=3)
 
 
+def test_d_width_sizes_d_alone():
+    g, d = build_models(RollSpec(), ModelConfig(width=16))
+    g8, d8 = build_models(RollSpec(), ModelConfig(width=16, d_width=8))
+    assert count_params(g8) == count_params(g) and count_params(d8) < count_params(d) / 2
+    assert d8.features[0].out_channels == 8 and d8(g8(g8.noise(2))).shape == (2,)
+
+
 def test_wrong_shapes_are_refused():
     g, d = build_models(RollSpec(), ModelConfig(width=4))
     with pytest.raises(ValueError, match=r"noise must be \[B, 7, 2, 8\]"):
@@ -94,6 +102,16 @@ def test_gradient_penalty_of_a_linear_critic():
     assert gradient_penalty(critic, x, torch.rand(5, 1, 2, 2)).item() == pytest.approx(4.0)
 
 
+def test_r1_penalty_of_known_critics():
+    w = torch.zeros(1, 1, 2, 2)
+    w[..., 0, 0], w[..., 1, 1] = 3.0, 4.0  # a linear critic: grad = w, |grad|^2 = 25 at every roll
+    assert r1_penalty(lambda x: (x * w).sum(dim=(1, 2, 3)), torch.rand(5, 1, 2, 2)).item() == pytest.approx(25.0)
+    # a quadratic one, D(x) = sum x^2: grad = 2x, so the penalty is the mean of 4 |x|^2 over the rolls
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    x[1] = 0.0
+    assert r1_penalty(lambda v: v.pow(2).sum(dim=(1, 2, 3)), x).item() == pytest.approx(2.0)  # (4 + 0) / 2
+
+
 def test_feature_matching_is_zero_for_equal_means():
     a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     assert feature_matching(a, a.flip(0)).item() == 0
@@ -107,7 +125,8 @@ def test_config_overrides_types_and_errors(tmp_path):
     for bad, msg in [("train.stepz=1", "train.stepz: unknown key"), ("nope.x=1", "nope.x: unknown key"),
                      ("train.steps=1.5", "train.steps: expected int"), ("train.steps=abc", "expected int"),
                      ("train.amp=fp8", "not one of"), ("train.steps", "KEY=VALUE"),
-                     ("train.steps=0", "must be at least 1"), ("model.g_hold=3", "must be 1, 2 or 4")]:
+                     ("train.steps=0", "must be at least 1"), ("model.g_hold=3", "must be 1, 2 or 4"),
+                     ("train.r1=-1", "train.r1: must be >= 0"), ("train.r1_every=0", "must be at least 1")]:
         with pytest.raises(UserError, match=msg):
             load_config(None, [bad])
     with pytest.raises(UserError, match="d_norm=spectral"):

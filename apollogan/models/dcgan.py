@@ -39,9 +39,10 @@ def _widths(width: int, n: int) -> list[int]:
 
 class Generator(nn.Module):
     def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
-                 noise_dim: int = 100, binary: str = "none", upsample: str = "transposed", hold: int = 1):
+                 noise_dim: int = 100, binary: str = "none", upsample: str = "transposed", hold: int = 1,
+                 binary_grad: str = "sigmoid"):
         super().__init__()
-        self.binary, self.hold = binary, hold
+        self.binary, self.hold, self.binary_grad = binary, hold, binary_grad
         n = _doublings(spec)
         if hold not in (1, 2, 4) or 2 ** n < hold:
             raise ValueError(f"hold must be 1, 2 or 4 and at most {2 ** n}, got {hold}")
@@ -76,13 +77,17 @@ class Generator(nn.Module):
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
+        raw = self.net[:-1](z).repeat_interleave(self.hold, dim=-1)
         if logits:
-            return self.net[:-1](z).repeat_interleave(self.hold, dim=-1)
-        p = self.net(z).repeat_interleave(self.hold, dim=-1)
+            return raw
+        p = self.net[-1](raw)
         if self.binary == "none" or not self.training:
             return p  # in eval mode binary neurons give their probabilities; sampling binarises them
         hard = (p >= 0.5) if self.binary == "deterministic" else (torch.rand_like(p) < p)
-        return p + (hard.to(p.dtype) - p).detach()  # forward: 0/1; backward: the sigmoid's gradient
+        # forward: 0/1; backward: the sigmoid's gradient, or the output's gradient as it is to the logits
+        # (plain straight-through: it does not vanish where the sigmoid saturates)
+        soft = raw if self.binary_grad == "identity" else p
+        return hard.to(p.dtype) + (soft - soft.detach())
 
 
 class Discriminator(nn.Module):
@@ -146,8 +151,8 @@ def init_weights(m: nn.Module) -> None:
 
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
-                  cfg.g_hold)
-    d = Discriminator(spec, cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
+                  cfg.g_hold, cfg.binary_grad)
+    d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss, gradient_penalty
+from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss, gradient_penalty, r1_penalty
 from .common import StepContext, batches, count_params, grad_norm
 
 
@@ -31,7 +31,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             return g_run(G.noise(real.shape[0], ctx.generator, ctx.device))
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
     out = {}
-    for _ in range(t.d_steps):
+    for k in range(t.d_steps):
         real = ctx.real_batch()
         with torch.no_grad(), ctx.autocast():
             fake = make_fake(g_run, real).float()
@@ -50,6 +50,12 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
                 gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator)
                 gp.backward()
             loss_d = loss_d + gp.detach()
+        if t.r1 > 0 and (ctx.step * t.d_steps + k) % t.r1_every == 0:
+            with penalty_context():  # in fp32, outside autocast; every r1_every-th D step, scaled to match
+                r1 = t.r1 / 2 * t.r1_every * r1_penalty(D, real)
+                r1.backward()
+            if ctx.log_now:
+                out["Loss/R1"] = r1.detach()
         if ctx.log_now:
             out["GradNorm/D"] = grad_norm(D)  # of the last D step
         opt_d.step()
