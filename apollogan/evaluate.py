@@ -344,6 +344,7 @@ def main(argv=None) -> int:
                                                    "validation windows in it (default %(default)s; a conditional model's "
                                                    "rolls take the meters of their chords' windows)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raw", action="store_true", help="a checkpoint's raw weights, not their moving average")
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
     ap.add_argument("--device", default="auto", help="where the checkpoint samples and the nearest-window search "
                     "runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N")
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
         from .generate import draw, real_windows, sampling_options
 
         path, ckpt = resolve_checkpoint(a.checkpoint)
-        family, spec, cfg = family_from_checkpoint(ckpt, device=device)
+        family, spec, cfg = family_from_checkpoint(ckpt, device=device, ema=not a.raw)
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
@@ -389,7 +390,7 @@ def main(argv=None) -> int:
             cond = conditioning(rolls, real.numpy(), spec, against, control)
         if family.wants_real(**opts) and len(val):  # rolls that continue or accompany real windows keep their meters
             bar, meter = window_bars(val)[val.pick_indices(a.num, a.seed)], None
-        source, family_name = str(path), family.name
+        source, family_name = str(path) + (" (raw weights)" if a.raw else ""), family.name
         if len(val):  # the family's own held-out figures (LSTM likelihood, reconstruction)
             windows = val.pick(min(len(val), VALIDATION_WINDOWS), a.seed)
             figures = family.validate(torch.from_numpy(windows), device=device)
@@ -397,8 +398,9 @@ def main(argv=None) -> int:
     else:
         if a.against:
             raise UserError("--against: compares a conditional checkpoint with another; not for --midi")
-        if any(v is not None for v in (a.prime, a.temperature, a.top_p)):
-            raise UserError("--prime, --temperature and --top-p sample a checkpoint; --midi files are scored as they are")
+        if any(v is not None for v in (a.prime, a.temperature, a.top_p)) or a.raw:
+            raise UserError("--prime, --temperature, --top-p and --raw sample a checkpoint; --midi files are scored "
+                            "as they are")
         root = a.data or Path("chunks/nottingham")
         spec = ShardSet(root, "val", verify=False).spec
         rolls, bar, skipped = encode_midi_folder(a.midi, spec)

@@ -1,4 +1,5 @@
 """Checkpoints: code in a foreign file never runs, first-release files keep working, DDP stops together."""
+import json
 import os
 import subprocess
 import sys
@@ -76,7 +77,18 @@ def test_a_first_release_checkpoint_generates_evaluates_and_resumes(tmp_path, ch
 
     assert generate(["--checkpoint", str(LEGACY), "--num", "2", "--out", str(tmp_path / "g"), "--threshold", "0"]) == 0
     assert len(list((tmp_path / "g").glob("*.mid"))) == 2
-    assert evaluate(["--checkpoint", str(LEGACY), "--data", str(chunks), "--num", "8", "--no-memorisation"]) == 0
+    # the moving average made to turn every cell on, the raw weights left alone: --raw picks the latter
+    bright = dict(ck, ema={"G": dict(ck["ema"]["G"])})
+    last = max((k for k in bright["ema"]["G"] if k.endswith(".bias")), key=lambda k: int(k.split(".")[1]))
+    bright["ema"]["G"][last] = torch.full_like(bright["ema"]["G"][last], 20.0)
+    torch.save(bright, tmp_path / "bright.pt")
+    for extra, name in (([], "ema.json"), (["--raw"], "raw.json")):
+        assert evaluate(["--checkpoint", str(tmp_path / "bright.pt"), "--data", str(chunks), "--num", "8",
+                         "--no-memorisation", "--out", str(tmp_path / name), *extra]) == 0
+    ema, raw_ev = (json.loads((tmp_path / n).read_text()) for n in ("ema.json", "raw.json"))
+    assert raw_ev["source"].endswith("(raw weights)") and not ema["source"].endswith("(raw weights)")
+    assert ema["metrics"]["note_density"]["generated_mean"] == 1.0
+    assert raw_ev["metrics"]["note_density"]["generated_mean"] < 0.01
 
     cfg = load_config(None, [f"data.root={chunks}", "train.steps=8", f"run.runs_dir={tmp_path}/runs",
                              f"run.checkpoints_dir={tmp_path}/ckpt"], base=ck["config"])
