@@ -45,7 +45,8 @@ class DCGANConfig:
     binary_grad: str = "sigmoid"  # the binary neurons' backward: "sigmoid" (sigmoid-adjusted straight-through,
     # BinaryMuseGAN) or "identity" (plain straight-through: the output's gradient goes to the logits as it is)
     g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
-    # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it
+    # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it (an onset
+    # channel is on at a held column's first step only)
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed
@@ -329,8 +330,6 @@ def validate(cfg: Config) -> None:
             raise UserError(f"model.{name}: must be at least 1")
     if getattr(m, "g_hold", 1) not in (1, 2, 4):
         raise UserError(f"model.g_hold: {m.g_hold} must be 1, 2 or 4 (steps G holds each column for)")
-    if getattr(m, "g_hold", 1) > 1 and cfg.data.onset:
-        raise UserError("model.g_hold: a held column would repeat its onsets; it needs data.onset=false")
     gan = m.family in GAN_FAMILIES
     defaults = TrainConfig()
     for name in GAN_TRAIN_KEYS if not gan else LIKELIHOOD_TRAIN_KEYS:

@@ -47,6 +47,11 @@ class Generator(nn.Module):
         if hold not in (1, 2, 4) or 2 ** n < hold:
             raise ValueError(f"hold must be 1, 2 or 4 and at most {2 ** n}, got {hold}")
         time_doubles = [i < n - int(math.log2(hold)) for i in range(n)]  # the last layers double pitch only
+        # A held column's onsets belong to its first step only: a mask of the onset channels' other steps.
+        off = torch.zeros(1, spec.channels, 1, spec.steps, dtype=torch.bool)
+        if spec.onset and hold > 1:
+            off[:, 1::2] = (torch.arange(spec.steps) % hold != 0).view(1, 1, 1, -1)
+        self.register_buffer("onset_off", off, persistent=False)
         self.noise_shape = (noise_channels, *NOISE_HW)
         self.out_shape = spec.shape
         self.noise_dim = noise_dim if noise == "flat" else None
@@ -77,7 +82,9 @@ class Generator(nn.Module):
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
-        raw = self.net[:-1](z).repeat_interleave(self.hold, dim=-1)
+        raw = self.net[:-1](z)
+        if self.hold > 1:
+            raw = raw.repeat_interleave(self.hold, dim=-1).masked_fill(self.onset_off, -30.0)  # sigmoid(-30) ~ 0
         if logits:
             return raw
         p = self.net[-1](raw)
