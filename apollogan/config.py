@@ -32,7 +32,7 @@ class DCGANConfig:
 
     family: str = "dcgan"
     width: int = 128  # d: channels are multiples of it
-    d_width: int = 0  # D's d when it differs from G's (0: model.width)
+    d_width: int = 0  # D's d when it differs from G's, as a width, not a ratio (0: model.width)
     noise: str = "reference"  # "reference": noise is a [7, 2, 8] tensor; "flat": a vector projected to it
     noise_channels: int = 7
     noise_dim: int = 100  # length of the flat noise vector
@@ -342,6 +342,10 @@ def validate(cfg: Config) -> None:
         raise UserError("train.label_smoothing: must be in [0, 0.5)")
     if t.r1 < 0:
         raise UserError("train.r1: must be >= 0 (the penalty's gamma; 0 is off)")
+    if t.r1_every != 1 and not t.r1:
+        raise UserError("train.r1_every: spaces the R1 penalty out; set train.r1 (its gamma) too")
+    if getattr(m, "binary_grad", "sigmoid") != "sigmoid" and getattr(m, "binary", "none") == "none":
+        raise UserError("model.binary_grad: the backward of binary neurons; set model.binary too")
     if t.label_smoothing and t.loss != "bce":
         raise UserError(f"train.label_smoothing: smooths the targets of the bce loss; train.loss={t.loss} has none")
     if t.loss == "wgan-gp" and getattr(m, "d_norm", None) == "batch":

@@ -250,13 +250,13 @@ def conditioning(rolls: np.ndarray, real: np.ndarray, spec: RollSpec, against=No
 
 
 def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, data,
-                 device="cpu") -> tuple[str, np.ndarray, RollSpec]:
+                 device="cpu", ema: bool = True) -> tuple[str, np.ndarray, RollSpec]:
     """Rolls of another checkpoint (an unconditional model) to set beside a conditional one."""
     from .checkpoint import family_from_checkpoint, resolve_checkpoint
     from .generate import draw
 
     where, ckpt = resolve_checkpoint(path)
-    family, other, cfg = family_from_checkpoint(ckpt, device=device)
+    family, other, cfg = family_from_checkpoint(ckpt, device=device, ema=ema)
     same = ("low", "pitches", "steps", "steps_per_beat")
     if any(getattr(other, k) != getattr(spec, k) for k in same):
         raise UserError(f"--against {path}: its rolls ({other.describe()}) are not on the grid of the "
@@ -344,7 +344,8 @@ def main(argv=None) -> int:
                                                    "validation windows in it (default %(default)s; a conditional model's "
                                                    "rolls take the meters of their chords' windows)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--raw", action="store_true", help="a checkpoint's raw weights, not their moving average")
+    ap.add_argument("--raw", action="store_true",
+                    help="a checkpoint's raw weights, not their moving average (also for --against)")
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
     ap.add_argument("--device", default="auto", help="where the checkpoint samples and the nearest-window search "
                     "runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N")
@@ -377,7 +378,8 @@ def main(argv=None) -> int:
             same_meter(val, (num, den))  # and a meter the validation split does not have
         if a.against and not family.conditional:
             raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
-        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data, device) if a.against else None
+        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data, device,
+                                                           ema=not a.raw) if a.against else None
         rng = np.random.default_rng(a.seed) if a.bernoulli else None
         rolls = binarize(draw(family, a.num, a.seed, opts, root, device).numpy(), a.threshold, rng)
         bar, meter = steps_per_bar(num, den, spec.steps_per_beat), (num, den)

@@ -177,6 +177,8 @@ def _convert_job(args):
 def default_workers(files: int) -> int:
     """One worker per usable core, but only as many as get 64 files each: fewer files take longer to
     hand out than to convert."""
+    if "fork" not in mp.get_all_start_methods():  # workers are forked (Windows has no fork)
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, files // 64))
 
@@ -200,8 +202,9 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
         parts = list(writers.values()) + [sources, skipped]
         # A file takes about 0.3 ms and a task's round trip about 0.5 ms: workers get up to 32 files at a time.
+        workers = max(workers, 1)
         pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-        batch = 256 * max(workers, 1)  # bounded batches keep memory flat however many files there are
+        batch = 512  # bounded batches keep memory flat however many files and workers there are
         for lo in range(0, len(files), batch):
             chunk = [(f, lo + i, split_of(f, opt.val_fraction), spec, opt) for i, f in enumerate(files[lo:lo + batch])]
             size = max(1, min(32, len(chunk) // (2 * workers)))
@@ -379,8 +382,8 @@ def ensure_shards(root: Path, data=None, log=print) -> Path:
         spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
         why = "an older format" if (root / "manifest.json").is_file() else "no shards"
         log(f"{why} at {root}: preprocessing the bundled data first")
-        files = find_midi_files([bundled_data()])
-        m = preprocess(files, root, spec, opt, workers=default_workers(len(files)))
+        # one process: training may already hold threads or a GPU context a fork should not copy
+        m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
         log(summary(m))
     read_manifest(root)
     return root

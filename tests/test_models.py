@@ -43,18 +43,23 @@ def test_variants_build_with_computed_sizes(kw, spec):
     assert d(x).shape == (3,)
 
 
-@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
-def test_held_columns_give_notes_of_at_least_hold_steps(upsample):
+@pytest.mark.parametrize("upsample, hold, binary", [("transposed", 2, "deterministic"), ("nearest", 2, "deterministic"),
+                                                    ("nearest", 4, "deterministic"), ("transposed", 4, "stochastic"),
+                                                    ("nearest", 2, "stochastic")])
+def test_held_columns_give_notes_of_at_least_hold_steps(upsample, hold, binary):
     torch.manual_seed(0)
-    g = Generator(RollSpec(), 4, binary="deterministic", upsample=upsample, hold=2).train()
+    g = Generator(RollSpec(), 4, binary=binary, upsample=upsample, hold=hold).train()
     x = g(g.noise(4))
     assert x.shape == (4, 1, 64, 256) and set(x.unique().tolist()) == {0.0, 1.0}
-    assert torch.equal(x[..., 0::2], x[..., 1::2])  # every column drawn twice
-    assert not torch.equal(x[..., 1:-1:2], x[..., 2::2])  # and only twice: pairs differ from their neighbours
-    on = x[..., 1:] > x[..., :-1]  # a note starts where a cell turns on
-    assert on.any() and not on[..., 0::2].any()  # no note starts on an odd step: on[i] compares steps i and i + 1
+    cols = x.unflatten(-1, (256 // hold, hold))
+    assert (cols == cols[..., :1]).all()  # every column drawn hold times (one draw for stochastic neurons)
+    assert not torch.equal(x[..., hold - 1:-1:hold], x[..., hold::hold])  # and only so: columns differ
+    on = x[..., 1:] > x[..., :-1]  # a note starts where a cell turns on; on[i] compares steps i and i + 1
+    starts = torch.nonzero(on.any(dim=(0, 1, 2)))[:, 0] + 1
+    assert len(starts) and (starts % hold == 0).all()  # only on the hold grid
     x.sum().backward()  # the straight-through gradient reaches G's first layer
-    assert g.net[0].weight.grad.abs().sum() > 0 if upsample == "transposed" else g.net[1].weight.grad.abs().sum() > 0
+    first = g.net[0] if upsample == "transposed" else g.net[1]
+    assert first.weight.grad.abs().sum() > 0
     assert Generator(RollSpec(), 4, hold=1)(g.noise(1)).shape == (1, 1, 64, 256)
     with pytest.raises(ValueError, match="hold must be 1, 2 or 4"):
         Generator(RollSpec(), 4, hold=3)
@@ -139,7 +144,8 @@ def test_config_overrides_types_and_errors(tmp_path):
                      ("train.steps=1.5", "train.steps: expected int"), ("train.steps=abc", "expected int"),
                      ("train.amp=fp8", "not one of"), ("train.steps", "KEY=VALUE"),
                      ("train.steps=0", "must be at least 1"), ("model.g_hold=3", "must be 1, 2 or 4"),
-                     ("train.r1=-1", "train.r1: must be >= 0"), ("train.r1_every=0", "must be at least 1")]:
+                     ("train.r1=-1", "train.r1: must be >= 0"), ("train.r1_every=0", "must be at least 1"),
+                     ("train.r1_every=4", "set train.r1"), ("model.binary_grad=identity", "set model.binary")]:
         with pytest.raises(UserError, match=msg):
             load_config(None, [bad])
     with pytest.raises(UserError, match="d_norm=spectral"):

@@ -83,12 +83,14 @@ def test_small_shards_span_files_and_gather_across_them(midi_dir, tmp_path):
 def test_preprocessing_is_deterministic_across_runs_and_workers(midi_dir, tmp_path):
     opts = dict(transpose=2, time_shifts=(-1, 2))
     build(midi_dir, tmp_path / "a", **opts)
-    preprocess(find_midi_files([midi_dir]), tmp_path / "b", SPEC, WindowOptions(val_fraction=0.3, **opts),
-               workers=2, progress=False)
+    for out, workers in (("b", 2), ("c", 0)):  # 0 reads as one worker
+        preprocess(find_midi_files([midi_dir]), tmp_path / out, SPEC, WindowOptions(val_fraction=0.3, **opts),
+                   workers=workers, progress=False)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
-    for n in names:
-        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+    for out in ("b", "c"):
+        assert names == sorted(p.name for p in (tmp_path / out).iterdir())
+        for n in names:
+            assert (tmp_path / "a" / n).read_bytes() == (tmp_path / out / n).read_bytes(), n
 
 
 def test_default_workers_one_per_core_but_64_files_each(monkeypatch):
@@ -96,6 +98,8 @@ def test_default_workers_one_per_core_but_64_files_each(monkeypatch):
     assert default_workers(10) == 1  # too few files to be worth a second process
     assert default_workers(130) == 2
     assert default_workers(100_000) == 4
+    monkeypatch.setattr("multiprocessing.get_all_start_methods", lambda: ["spawn"])
+    assert default_workers(100_000) == 1  # workers are forked: none where there is no fork
 
 
 def test_transpositions_stay_inside_and_are_recorded(midi_dir, tmp_path):

@@ -90,7 +90,10 @@ class Generator(nn.Module):
         p = self.net[-1](raw)
         if self.binary == "none" or not self.training:
             return p  # in eval mode binary neurons give their probabilities; sampling binarises them
-        hard = (p >= 0.5) if self.binary == "deterministic" else (torch.rand_like(p) < p)
+        if self.binary == "deterministic":
+            hard = p >= 0.5
+        else:  # one draw per held column, so a held column stays held
+            hard = torch.rand_like(p[..., ::self.hold]).repeat_interleave(self.hold, dim=-1) < p
         # forward: 0/1; backward: the sigmoid's gradient, or the output's gradient as it is to the logits
         # (plain straight-through: it does not vanish where the sigmoid saturates)
         soft = raw if self.binary_grad == "identity" else p

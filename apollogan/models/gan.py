@@ -52,9 +52,9 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             loss_d = loss_d + gp.detach()
         if t.r1 > 0 and (ctx.step * t.d_steps + k) % t.r1_every == 0:
             with penalty_context():  # in fp32, outside autocast; every r1_every-th D step, scaled to match
-                r1 = t.r1 / 2 * t.r1_every * r1_penalty(D, real)
-                r1.backward()
-            if ctx.log_now:
+                r1 = r1_penalty(D, real)
+                (t.r1 / 2 * t.r1_every * r1).backward()
+            if ctx.log_now:  # |grad_x D(x)|^2 itself, on logged steps that apply it
                 out["Loss/R1"] = r1.detach()
         if ctx.log_now:
             out["GradNorm/D"] = grad_norm(D)  # of the last D step
