@@ -130,6 +130,39 @@ def test_r1_penalty_of_known_critics():
     assert r1_penalty(lambda v: v.pow(2).sum(dim=(1, 2, 3)), x).item() == pytest.approx(2.0)  # (4 + 0) / 2
 
 
+def test_r1_enters_d_gradient_on_its_steps_only_scaled_by_its_spacing():
+    import copy
+
+    from apollogan.config import TrainConfig
+    from apollogan.models import Discriminator
+    from apollogan.models.common import StepContext
+    from apollogan.models.gan import gan_step
+
+    spec = RollSpec()
+    torch.manual_seed(0)
+    G, D = Generator(spec, 4), Discriminator(spec, 4, head="fc1", norm="none")
+    real = (torch.rand(3, 1, 64, 256) < 0.1).float()
+
+    def d_grads(r1, every, step):  # D's gradients when the D step ends, from the same noise each time
+        g, d = copy.deepcopy(G), copy.deepcopy(D)
+        opts = {"G": torch.optim.SGD(g.parameters(), lr=0.0), "D": torch.optim.SGD(d.parameters(), lr=0.0)}
+        seen = []
+        opts["D"].step = lambda *a, **k: seen.append([q.grad.clone() for q in d.parameters()])
+        ctx = StepContext(nets={"G": g, "D": d}, optimizers=opts, real_batch=lambda: real,
+                          generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), step=step)
+        gan_step(ctx, g, d, TrainConfig(r1=r1, r1_every=every))
+        return seen[0]
+
+    base, applied, skipped = d_grads(0.0, 1, 0), d_grads(2.0, 2, 0), d_grads(2.0, 2, 1)
+    params = list(D.parameters())
+    penalty = torch.autograd.grad(r1_penalty(D, real), params, allow_unused=True)  # the last bias: no part in it
+    penalty = [torch.zeros_like(q) if p is None else p for q, p in zip(params, penalty)]
+    assert any(p.abs().sum() > 0 for p in penalty)
+    for b, a, s, p in zip(base, applied, skipped, penalty):
+        assert torch.allclose(a, b + 2.0 * p, atol=1e-5)  # gamma / 2 * r1_every = 2
+        assert torch.allclose(s, b, atol=1e-7)  # step 1 of every 2: no penalty
+
+
 def test_feature_matching_is_zero_for_equal_means():
     a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     assert feature_matching(a, a.flip(0)).item() == 0
