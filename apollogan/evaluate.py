@@ -378,8 +378,9 @@ def main(argv=None) -> int:
             same_meter(val, (num, den))  # and a meter the validation split does not have
         if a.against and not family.conditional:
             raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
-        against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data, device,
-                                                           ema=not a.raw) if a.against else None
+        against = None
+        if a.against:
+            against = load_against(a.against, spec, a.num, a.seed, a.threshold, a.data, device, ema=not a.raw)
         rng = np.random.default_rng(a.seed) if a.bernoulli else None
         rolls = binarize(draw(family, a.num, a.seed, opts, root, device).numpy(), a.threshold, rng)
         bar, meter = steps_per_bar(num, den, spec.steps_per_beat), (num, den)

@@ -56,13 +56,11 @@ class ShardWriter:
         self.record_file = f"{split}-windows.npy"
         self._raw, self._raw_path = _temporary(self.root, f"{split}-windows.raw")
 
-    def add(self, packed: np.ndarray, records) -> None:
-        """packed: uint8 [N, packed_size]; records: [N] of RECORD_DTYPE, or one array of N values
-        per WINDOW_FIELDS."""
-        rows = np.empty(len(packed), RECORD_DTYPE)
-        for k in WINDOW_FIELDS:
-            rows[k] = records[k]
-        self._raw.write(rows.tobytes())
+    def add(self, packed: np.ndarray, records: np.ndarray) -> None:
+        """packed: uint8 [N, packed_size]; records: [N] of RECORD_DTYPE."""
+        if records.dtype != RECORD_DTYPE or len(records) != len(packed):
+            raise ValueError(f"records must be [{len(packed)}] of RECORD_DTYPE, got {records.dtype} [{len(records)}]")
+        self._raw.write(records.tobytes())
         self.windows += len(packed)
         while len(packed):
             if self._file is None:

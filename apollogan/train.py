@@ -238,7 +238,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         ensure_shards(root, cfg.data, log=log)
     if env.world > 1:
         dist.barrier()  # the other ranks wait for rank 0's preprocessing
-        if t.loss == "wgan-gp" or getattr(t, "r1", 0):
+        if t.loss == "wgan-gp" or t.r1:
             raise UserError("train.loss=wgan-gp and train.r1 are single-process only (their double backward "
                             "bypasses DDP)")
         if t.time_limit:

@@ -48,8 +48,9 @@ class Generator(nn.Module):
             raise ValueError(f"hold must be 1, 2 or 4 and at most {2 ** n}, got {hold}")
         time_doubles = [i < n - int(math.log2(hold)) for i in range(n)]  # the last layers double pitch only
         # A held column's onsets belong to its first step only: a mask of the onset channels' other steps.
-        off = torch.zeros(1, spec.channels, 1, spec.steps, dtype=torch.bool)
+        off = None
         if spec.onset and hold > 1:
+            off = torch.zeros(1, spec.channels, 1, spec.steps, dtype=torch.bool)
             off[:, 1::2] = (torch.arange(spec.steps) % hold != 0).view(1, 1, 1, -1)
         self.register_buffer("onset_off", off, persistent=False)
         self.noise_shape = (noise_channels, *NOISE_HW)
@@ -84,7 +85,9 @@ class Generator(nn.Module):
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
         raw = self.net[:-1](z)
         if self.hold > 1:
-            raw = raw.repeat_interleave(self.hold, dim=-1).masked_fill(self.onset_off, -30.0)  # sigmoid(-30) ~ 0
+            raw = raw.repeat_interleave(self.hold, dim=-1)
+        if self.onset_off is not None:
+            raw = raw.masked_fill(self.onset_off, -30.0)  # sigmoid(-30) ~ 0
         if logits:
             return raw
         p = self.net[-1](raw)
