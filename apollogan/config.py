@@ -39,6 +39,8 @@ class DCGANConfig:
     d_head: str = "fc2"  # discriminator head: "fc2" (reference: linear 512, linear 1), "fc1", "none"
     fc_dim: int = 512
     d_norm: str = "batch"  # "batch" (reference), "spectral", "none"
+    d_chroma: int = 0  # channels of a chroma stream into D's head (pitch classes per beat, MuseGAN; 0: off)
+    d_mbstd: int = 0  # minibatch standard deviation before D's head over groups of this many samples (ProGAN: 4; 0: off)
     g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
     binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
     # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
@@ -322,6 +324,12 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(f"{key}: must be at least 1")
+    if getattr(m, "d_chroma", 0) < 0:
+        raise UserError("model.d_chroma: must be >= 0 (channels of D's chroma stream; 0: off)")
+    if getattr(m, "d_chroma", 0) and m.d_head == "none":
+        raise UserError("model.d_chroma: the chroma stream feeds D's linear head; model.d_head=none has none")
+    if getattr(m, "d_mbstd", 0) < 0:
+        raise UserError("model.d_mbstd: must be >= 0 (a group size; 0: off)")
     if getattr(m, "d_width", 0) < 0:
         raise UserError("model.d_width: must be >= 0 (0: model.width)")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim",

@@ -16,6 +16,7 @@ from apollogan.losses import (
     r1_penalty,
 )
 from apollogan.models import Generator, build_models, count_params
+from apollogan.models.dcgan import ChromaStream, Discriminator, MinibatchStd
 from apollogan.spec import RollSpec
 
 
@@ -83,6 +84,50 @@ def test_d_width_sizes_d_alone():
     g8, d8 = build_models(RollSpec(), ModelConfig(width=16, d_width=8))
     assert count_params(g8) == count_params(g) and count_params(d8) < count_params(d) / 2
     assert d8.features[0].out_channels == 8 and d8(g8(g8.noise(2))).shape == (2,)
+
+
+def test_minibatch_std_known_answer():
+    # samples 0 and 2 form one group (i mod B/g), 1 and 3 the other: features 0/2 and 5/5
+    x = torch.tensor([0.0, 5.0, 2.0, 5.0]).view(4, 1, 1, 1).expand(4, 1, 2, 3)
+    out = MinibatchStd(2)(x)
+    assert out.shape == (4, 2, 2, 3) and torch.equal(out[:, :1], x)
+    assert out[:, 1].flatten().tolist() == pytest.approx([1.0] * 6 + [1e-4] * 6 + [1.0] * 6 + [1e-4] * 6)
+    # a batch the group does not divide: 3 samples with group 2 use groups of 1 (std 0)
+    assert MinibatchStd(2)(x[:3])[:, 1].max().item() == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("head", ["fc2", "fc1", "none"])
+def test_d_mbstd_lets_d_see_the_batch(head):
+    # with minibatch std, a sample's logit depends on the rest of its group; without it, it does not
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 64, 256)
+    for mbstd, depends in ((0, False), (4, True)):
+        _, d = build_models(RollSpec(), ModelConfig(width=4, d_norm="none", d_head=head, d_mbstd=mbstd))
+        d.eval()
+        y = x.clone()
+        y[1:] = x[0]  # the rest of the batch: copies of sample 0
+        assert bool(d(x)[0] == d(y)[0]) is not depends  # exact: without it, sample 0 is computed alone
+
+
+def test_chroma_stream_folds_octaves_and_beats():
+    spec = RollSpec()  # pitches 30..93, 4 steps per beat
+    stream = ChromaStream(spec, 4)
+    x = torch.zeros(2, 1, spec.pitches, spec.steps)
+    x[0, 0, 36 - spec.low, 0:4] = 1  # C for beat 0
+    x[0, 0, 48 - spec.low, 4:6] = 1  # C an octave up for half of beat 1
+    x[1, 0, 37 - spec.low, 0:4] = 1  # C# for beat 0
+    c = stream.per_beat(x)
+    assert c.shape == (2, 12, 64)
+    assert c[0, 0, :2].tolist() == [1.0, 0.5] and c[0].sum().item() == 1.5
+    assert c[1, 1, 0].item() == 1.0 and c[1].sum().item() == 1.0
+    assert stream(x).shape == (2, stream.out_features) == (2, 4 * 4)
+    # D with the stream: one logit per roll; the stream needs a linear head
+    _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_chroma=4))
+    assert d(x).shape == (2,)
+    with pytest.raises(ValueError, match="head 'none'"):
+        Discriminator(spec, 4, head="none", chroma=4)
+    with pytest.raises(UserError, match="model.d_chroma"):
+        load_config(None, ["model.d_chroma=4", "model.d_head=none"])
 
 
 def test_wrong_shapes_are_refused():

@@ -110,12 +110,15 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch",
-                 outputs: int = 1, in_channels: int | None = None):
+                 outputs: int = 1, in_channels: int | None = None, mbstd: int = 0, chroma: int = 0):
         super().__init__()
         self.outputs = outputs
         n = _doublings(spec)
         self.in_shape = (in_channels or spec.channels, spec.pitches, spec.steps)
         wrap = spectral_norm if norm == "spectral" else (lambda m: m)
+        if chroma and head == "none":
+            raise ValueError("the chroma stream feeds D's linear head; head 'none' has none")
+        self.chroma = None
         chans = [self.in_shape[0]] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
         if head == "none":
             chans[-1] = 1  # the last conv gives one logit per patch; they are averaged
@@ -125,23 +128,83 @@ class Discriminator(nn.Module):
             if norm == "batch" and i > 0:
                 block.append(nn.BatchNorm2d(cout))
             blocks.append(block + [nn.LeakyReLU(0.2)])
+        # minibatch std: one more channel into the head (the last conv for head none, the linears otherwise)
+        std = [MinibatchStd(mbstd)] if mbstd else []
         if head == "none":
+            if mbstd:
+                blocks[-1][0] = wrap(nn.Conv2d(chans[-2] + 1, 1, 4, 2, 1))
             self.features = nn.Sequential(*[m for b in blocks[:-1] for m in b])
-            self.head = nn.Sequential(blocks[-1][0], nn.Flatten(), _Mean())
+            self.head = nn.Sequential(*std, blocks[-1][0], nn.Flatten(), _Mean())
         else:
             self.features = nn.Sequential(*[m for b in blocks for m in b])
-            flat = width * (spec.pitches >> n) * (spec.steps >> n)  # d x 2 x 8 = 2048 at the reference size
+            flat = (width + bool(mbstd)) * (spec.pitches >> n) * (spec.steps >> n)  # d x 2 x 8 = 2048 at the reference size
+            if chroma:
+                self.chroma = ChromaStream(spec, chroma, wrap)
+                self.split = len(std) + 1  # the head's linears read the flattened features and the chroma stream's
+                flat += self.chroma.out_features
             fc = ([wrap(nn.Linear(flat, fc_dim)), nn.LeakyReLU(0.2), wrap(nn.Linear(fc_dim, outputs))] if head == "fc2"
                   else [wrap(nn.Linear(flat, outputs))])
-            self.head = nn.Sequential(nn.Flatten(), *fc)
+            self.head = nn.Sequential(*std, nn.Flatten(), *fc)
 
     def forward(self, x: torch.Tensor, features: bool = False):
         if x.shape[1:] != self.in_shape:
             raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
         h = self.features(x)
-        logits = self.head(h)
+        if self.chroma is None:
+            logits = self.head(h)
+        else:
+            logits = self.head[self.split:](torch.cat([self.head[:self.split](h), self.chroma(x)], 1))
         logits = logits.view(-1) if self.outputs == 1 else logits
         return (logits, h.flatten(1)) if features else logits
+
+
+class ChromaStream(nn.Module):
+    """A second way into D, after MuseGAN's chroma stream: the roll folded onto the 12 pitch classes
+    and summed per beat ([B, 12, beats], every channel counted), then two 1-d convolutions (k4 s4: a
+    4-beat bar, then 4 bars). Whether a window keeps to one key is a relation between notes octaves
+    and bars apart, which the 4x4 convolutions of the main stream see only after several layers."""
+
+    def __init__(self, spec: RollSpec, width: int, wrap=lambda m: m):
+        super().__init__()
+        beats = spec.steps // spec.steps_per_beat
+        if beats < 16:
+            raise ValueError(f"the chroma stream needs at least 16 beats; the roll has {beats}")
+        fold = torch.zeros(12, spec.pitches)
+        fold[(spec.low + torch.arange(spec.pitches)) % 12, torch.arange(spec.pitches)] = 1.0
+        self.register_buffer("fold", fold, persistent=False)
+        self.spb = spec.steps_per_beat
+        self.net = nn.Sequential(wrap(nn.Conv1d(12, width, 4, 4)), nn.LeakyReLU(0.2),
+                                 wrap(nn.Conv1d(width, width, 4, 4)), nn.LeakyReLU(0.2), nn.Flatten())
+        self.out_features = width * (beats // 16)
+
+    def per_beat(self, x: torch.Tensor) -> torch.Tensor:
+        """Rolls [B, C, P, T] -> sounding cells per pitch class, averaged over each beat's steps [B, 12, beats]."""
+        b, _, _, t = x.shape
+        beats = t // self.spb
+        c = torch.einsum("qp,bkpt->bqt", self.fold.to(x.dtype), x[..., :beats * self.spb])
+        return c.reshape(b, 12, beats, self.spb).mean(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.per_beat(x))
+
+
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation: one more feature map holding, for each group of ``group``
+    samples, the standard deviation of every feature across the group, averaged over features and
+    positions. D can then tell a batch of near-copies (a collapsed G) from a varied one. A batch that
+    ``group`` does not divide uses its largest divisor below it; sample i is in group i mod (B / g)."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        g = max(k for k in range(1, min(self.group, b) + 1) if b % k == 0)
+        y = x.float().reshape(g, b // g, *x.shape[1:])
+        s = (y.var(0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [B / g]
+        s = s.repeat(g).to(x.dtype).view(b, 1, 1, 1).expand(b, 1, *x.shape[2:])
+        return torch.cat([x, s], 1)
 
 
 class _Mean(nn.Module):
@@ -165,7 +228,8 @@ def init_weights(m: nn.Module) -> None:
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
                   cfg.g_hold, cfg.binary_grad)
-    d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm)
+    d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm, mbstd=cfg.d_mbstd,
+                      chroma=cfg.d_chroma)
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d
