@@ -328,8 +328,11 @@ def validate(cfg: Config) -> None:
         raise UserError("model.d_chroma: must be >= 0 (channels of D's chroma stream; 0: off)")
     if getattr(m, "d_chroma", 0) and m.d_head == "none":
         raise UserError("model.d_chroma: the chroma stream feeds D's linear head; model.d_head=none has none")
-    if getattr(m, "d_mbstd", 0) < 0:
-        raise UserError("model.d_mbstd: must be >= 0 (a group size; 0: off)")
+    mbstd = getattr(m, "d_mbstd", 0)
+    if mbstd < 0 or mbstd == 1:
+        raise UserError(f"model.d_mbstd: {mbstd} must be 0 (off) or a group size of at least 2")
+    if mbstd and t.batch_size % mbstd:
+        raise UserError(f"model.d_mbstd: groups of {mbstd} must divide train.batch_size ({t.batch_size})")
     if getattr(m, "d_width", 0) < 0:
         raise UserError("model.d_width: must be >= 0 (0: model.width)")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim",

@@ -94,6 +94,13 @@ def test_minibatch_std_known_answer():
     assert out[:, 1].flatten().tolist() == pytest.approx([1.0] * 6 + [1e-4] * 6 + [1.0] * 6 + [1e-4] * 6)
     # a batch the group does not divide: 3 samples with group 2 use groups of 1 (std 0)
     assert MinibatchStd(2)(x[:3])[:, 1].max().item() == pytest.approx(1e-4)
+    # the std is averaged over features and positions: one group of 2, stds 1 and 3 -> 2 everywhere
+    y = torch.tensor([[0.0, 0.0], [2.0, 6.0]]).view(2, 1, 1, 2)
+    assert MinibatchStd(2)(y)[:, 1].flatten().tolist() == pytest.approx([2.0] * 4)
+    with pytest.raises(UserError, match="model.d_mbstd: 1 must be 0"):
+        load_config(None, ["model.d_mbstd=1"])
+    with pytest.raises(UserError, match=r"groups of 4 must divide train.batch_size \(30\)"):
+        load_config(None, ["model.d_mbstd=4", "train.batch_size=30"])
 
 
 @pytest.mark.parametrize("head", ["fc2", "fc1", "none"])
@@ -107,6 +114,8 @@ def test_d_mbstd_lets_d_see_the_batch(head):
         y = x.clone()
         y[1:] = x[0]  # the rest of the batch: copies of sample 0
         assert bool(d(x)[0] == d(y)[0]) is not depends  # exact: without it, sample 0 is computed alone
+        # the std map is not a feature: feature matching compares the same [d, 2, 8] (or [8d, 4, 16]) either way
+        assert d(x, features=True)[1].shape[1] == (2048 if head == "none" else 64)
 
 
 def test_chroma_stream_folds_octaves_and_beats():
@@ -121,9 +130,18 @@ def test_chroma_stream_folds_octaves_and_beats():
     assert c[0, 0, :2].tolist() == [1.0, 0.5] and c[0].sum().item() == 1.5
     assert c[1, 1, 0].item() == 1.0 and c[1].sum().item() == 1.0
     assert stream(x).shape == (2, stream.out_features) == (2, 4 * 4)
-    # D with the stream: one logit per roll; the stream needs a linear head
-    _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_chroma=4))
-    assert d(x).shape == (2,)
+    # every channel counts: an onset alone is a sounding cell for the stream
+    on = torch.zeros(1, 2, spec.pitches, spec.steps)
+    on[0, 1, 38 - spec.low, 4:8] = 1  # D, onset channel only, beat 1
+    assert ChromaStream(RollSpec(onset=True), 4).per_beat(on)[0, 2, 1].item() == 1.0
+    # D reads the stream beside the convolutions (and beside minibatch std): silencing it moves the logits
+    for mbstd in (0, 2):
+        _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_chroma=4, d_mbstd=mbstd))
+        before = d(x)
+        assert before.shape == (2,)
+        for p in d.chroma.parameters():
+            torch.nn.init.zeros_(p)
+        assert not torch.equal(before, d(x))
     with pytest.raises(ValueError, match="head 'none'"):
         Discriminator(spec, 4, head="none", chroma=4)
     with pytest.raises(UserError, match="model.d_chroma"):

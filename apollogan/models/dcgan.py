@@ -159,10 +159,13 @@ class Discriminator(nn.Module):
 
 
 class ChromaStream(nn.Module):
-    """A second way into D, after MuseGAN's chroma stream: the roll folded onto the 12 pitch classes
-    and summed per beat ([B, 12, beats], every channel counted), then two 1-d convolutions (k4 s4: a
-    4-beat bar, then 4 bars). Whether a window keeps to one key is a relation between notes octaves
-    and bars apart, which the 4x4 convolutions of the main stream see only after several layers."""
+    """A second way into D, after MuseGAN's chroma stream: the roll folded onto the 12 pitch classes,
+    averaged over each beat's steps ([B, 12, beats], every channel counted), then two 1-d
+    convolutions (k4 s4: a 4-beat bar, then 4 bars) whose features join D's linear head. Whether a
+    window keeps to one key is a relation between notes octaves and bars apart, which the 4x4
+    convolutions of the main stream see only after several layers. Its features are not among
+    those feature matching compares, and its 1-d convolutions keep torch's default initialisation
+    (init_weights covers the 2-d ones), as in the runs of docs/ablations.md."""
 
     def __init__(self, spec: RollSpec, width: int, wrap=lambda m: m):
         super().__init__()
