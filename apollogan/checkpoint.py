@@ -31,6 +31,16 @@ FORMAT = "apollogan-checkpoint"
 VERSION = 2
 
 
+def save_best(state: dict, ckpt_dir: Path) -> Path:
+    """Write best.pt atomically: the checkpoint whose training-time overall figure is the lowest so far."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = ckpt_dir / "best.pt", ckpt_dir / ".best.pt.tmp"
+    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     """Write step-NNNNNNN.pt atomically, point last.pt at it, keep the newest ``keep`` numbered files."""
     ckpt_dir = Path(ckpt_dir)

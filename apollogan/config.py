@@ -154,6 +154,7 @@ class RunConfig:
     sample_every: int = 500
     checkpoint_every: int = 1000
     keep: int = 3  # numbered checkpoints kept beside last.pt
+    keep_best: bool = True  # with metrics_every: also best.pt, the step whose training-time overall figure was lowest
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import math
 import os
 import random
 import sys
@@ -30,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_best, save_checkpoint
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
@@ -348,7 +349,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 "ema": {k: m.state_dict() for k, m in ema.items()},
                 "optimizers": {k: o.state_dict() for k, o in opts.items()}, "step": step, "batches": batches,
                 "rng": rngs, "world": env.world, "config": cfg.to_dict(), "spec": spec.to_dict(),
-                "run_name": run_name, "apollogan": __version__, "clock": clock.state()}
+                "run_name": run_name, "apollogan": __version__, "clock": clock.state(), "best": best}
 
     def save(gather: bool = True):
         s = state(gather)  # every rank joins the RNG gather
@@ -356,6 +357,9 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
 
     clock = RunClock(**(ckpt.get("clock") or {}) if ckpt else {})
+    # The lowest training-time overall figure so far and its step: checkpoints carry it, so a resumed
+    # run goes on comparing with it.
+    best = ckpt.get("best") if ckpt else None
     first_bad = torch.tensor(-1, device=device)
     acc, grads = {}, {}  # figures summed over the log interval; gradient norms of the last logged step
     acc_n, last_log, last_time = 0, step, time.perf_counter()
@@ -420,6 +424,13 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 if writer and sampling["has_val"] and (
                         (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
                     final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
+                    overall = final.get("Metrics/overall", float("nan"))
+                    # main rank only (it alone scores), so no collective here: its own losses judge finiteness
+                    if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (
+                            best is None or overall < best["overall"]) and int(first_bad) < 0:
+                        best = {"step": step, "overall": overall}
+                        # before the step's checkpoint: a kill between the two redoes this step after resume
+                        save_best(state(gather=False), ckpt_dir)
                 if step % cfg.run.checkpoint_every == 0 or last:
                     check_finite()
                     save()
@@ -441,11 +452,16 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
               "elapsed_s": round(clock.elapsed(), 3),
               "samples_per_s": round(step * t.batch_size * env.world / max(clock.training(), 1e-9), 2)}
     if writer:
+        if best:
+            timing["best"] = {**best, "checkpoint": str(ckpt_dir / "best.pt")}
         atomic_write_json(run_dir / "train.json", {"run_name": run_name, **timing, "figures": final})
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.flat().items()}
         writer.add_hparams(hp, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
         writer.close()
         log(f"done: {step} steps; checkpoint {ckpt_dir / 'last.pt'}; samples {run_dir / 'samples'}")
+        if best:
+            log(f"lowest training-time overall figure: {best['overall']:.3f} at step {best['step']} "
+                f"({cfg.run.metrics_samples} samples): {ckpt_dir / 'best.pt'}")
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
 

@@ -94,8 +94,10 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
     assert tags["audio"] == ["Audio/sample_0"] and [e.step for e in ev.Audio("Audio/sample_0")] == [3, 6]
     assert len(list(Path(out["run_dir"], "samples").rglob("*.mid"))) == 2 * 4
     assert (Path(out["run_dir"]) / "config.yaml").is_file()
-    assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["last.pt", "step-0000003.pt",
-                                                                                "step-0000006.pt"]
+    assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["best.pt", "last.pt",
+                                                                                "step-0000003.pt", "step-0000006.pt"]
+    lowest = min(ev.Scalars("Metrics/overall"), key=lambda e: e.value)  # best.pt is the step logged lowest
+    assert out["best"]["step"] == lowest.step and out["best"]["overall"] == pytest.approx(lowest.value)
 
 
 def test_keep_prunes_old_checkpoints_and_names_count_up(tmp_path, chunks):
@@ -232,3 +234,26 @@ def test_unusable_roll_shape_and_unwritable_output_are_one_line(tmp_path, chunks
     (tmp_path / "afile").write_text("")
     r = run_module("apollogan.preprocess", *files, "--out", tmp_path / "afile", "--quiet")
     assert r.returncode == 2 and r.stderr.strip().endswith(f"error: {tmp_path / 'afile'}: File exists")
+
+
+def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    scripted = {2: 3.0, 4: 1.0, 6: 2.0}  # the best is neither the first nor the last evaluation
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]]})
+    a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
+    best = load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")
+    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0}
+    assert load_checkpoint(a["checkpoint"])["step"] == 6 and a["best"]["step"] == 4
+    # a resumed run compares with the best before the interruption: step 6 (2.0) does not replace step 4 (1.0)
+    half = train(tiny(tmp_path / "b", chunks, "run.metrics_every=2", "train.steps=4"), **QUIET)
+    b = train(tiny(tmp_path / "b", chunks, "run.metrics_every=2"), resume=Path(half["checkpoint"]), **QUIET)
+    assert load_checkpoint(Path(b["checkpoint"]).parent / "best.pt")["step"] == 4
+    # the moving average in best.pt is that of step 4, not of the end
+    resumed_best = load_checkpoint(Path(b["checkpoint"]).parent / "best.pt")["ema"]["G"]
+    assert all(torch.equal(best["ema"]["G"][k], resumed_best[k]) for k in resumed_best)
+    assert not all(torch.equal(best["ema"]["G"][k], v) for k, v in load_checkpoint(a["checkpoint"])["ema"]["G"].items())
+    # without metrics during training, or with keep_best off, there is no best.pt
+    for extra in (["run.metrics_every=0"], ["run.metrics_every=2", "run.keep_best=false"]):
+        c = train(tiny(tmp_path / "c", chunks, *extra), **QUIET)
+        assert not (Path(c["checkpoint"]).parent / "best.pt").exists() and "best" not in c
