@@ -134,6 +134,29 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def reconcile_best(ckpt_dir: Path, best: dict | None, log) -> dict | None:
+    """On resume, best.pt must be the ``best`` of the checkpoint resumed from. One written later, by a
+    run that went on from there and was then abandoned, is replaced by that step's checkpoint where it
+    is still kept, else removed (the next better evaluation writes a new one)."""
+    path = ckpt_dir / "best.pt"
+    if not path.exists():
+        return None  # nothing to point at: the next evaluation starts the comparison afresh
+    on_disk = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+    if best is not None and on_disk == best["step"]:
+        return best
+    kept = ckpt_dir / f"step-{best['step']:07d}.pt" if best else None
+    if kept is not None and kept.exists():
+        tmp = ckpt_dir / ".best.pt.tmp"
+        tmp.unlink(missing_ok=True)
+        os.link(kept, tmp)
+        os.replace(tmp, path)
+        log(f"{path}: was step {on_disk}, after the checkpoint resumed from; now {kept.name}, its best")
+        return best
+    path.unlink()
+    log(f"{path}: was step {on_disk}, after the checkpoint resumed from, whose best is no longer kept; removed")
+    return None
+
+
 def next_run_name(cfg: Config) -> str:
     """NAME-001, NAME-002, ...: the first number free in both runs/ and checkpoints/."""
     used = set()
@@ -360,6 +383,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     # The lowest training-time overall figure so far and its step: checkpoints carry it, so a resumed
     # run goes on comparing with it.
     best = ckpt.get("best") if ckpt else None
+    if ckpt and env.main:
+        best = reconcile_best(ckpt_dir, best, log)
     first_bad = torch.tensor(-1, device=device)
     acc, grads = {}, {}  # figures summed over the log interval; gradient norms of the last logged step
     acc_n, last_log, last_time = 0, step, time.perf_counter()

@@ -257,3 +257,30 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
     for extra in (["run.metrics_every=0"], ["run.metrics_every=2", "run.keep_best=false"]):
         c = train(tiny(tmp_path / "c", chunks, *extra), **QUIET)
         assert not (Path(c["checkpoint"]).parent / "best.pt").exists() and "best" not in c
+
+
+def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    scripted = {2: 3.0, 4: 2.0, 6: 1.0}
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]]})
+    cfg = ["run.metrics_every=2", "run.checkpoint_every=2", "run.keep=5"]
+    a = train(tiny(tmp_path, chunks, *cfg), **QUIET)
+    folder = Path(a["checkpoint"]).parent
+    assert load_checkpoint(folder / "best.pt")["step"] == 6
+    # resumed from step 4, the run goes another way: step 6 now scores worse than step 4
+    scripted[6] = 5.0
+    b = train(tiny(tmp_path, chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
+    best = load_checkpoint(folder / "best.pt")
+    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0}
+    # where the resumed checkpoint's best is no longer kept, the stale best.pt is removed and the
+    # comparison starts afresh: step 6 (3.0) is written, not the abandoned path's 0.5
+    scripted.update({2: 1.0, 4: 2.0, 6: 0.5})
+    d = train(tiny(tmp_path / "d", chunks, *cfg), **QUIET)
+    folder = Path(d["checkpoint"]).parent
+    assert load_checkpoint(folder / "best.pt")["step"] == 6 and load_checkpoint(folder / "step-0000004.pt")["best"]["step"] == 2
+    (folder / "step-0000002.pt").unlink()
+    scripted[6] = 3.0
+    e = train(tiny(tmp_path / "d", chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
+    assert e["best"] == {"step": 6, "overall": 3.0, "checkpoint": str(folder / "best.pt")}
+    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0}
