@@ -31,14 +31,18 @@ FORMAT = "apollogan-checkpoint"
 VERSION = 2
 
 
-def save_best(state: dict, ckpt_dir: Path) -> Path:
-    """Write best.pt atomically: the checkpoint whose training-time overall figure is the lowest so far."""
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path, tmp = ckpt_dir / "best.pt", ckpt_dir / ".best.pt.tmp"
+def _write(state: dict, path: Path) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
     torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
-    return path
+    os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
+
+
+def _link(src: Path, name: str) -> None:
+    """``name`` beside ``src`` becomes a second name for the same file, by an atomic rename."""
+    tmp = src.parent / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.link(src, tmp)
+    os.replace(tmp, src.parent / name)
 
 
 def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
@@ -46,17 +50,45 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:07d}.pt"
-    tmp = ckpt_dir / f".{path.name}.tmp"
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
-    last_tmp = ckpt_dir / ".last.pt.tmp"
-    last_tmp.unlink(missing_ok=True)
-    os.link(path, last_tmp)  # a second name for the same file, then an atomic rename
-    os.replace(last_tmp, ckpt_dir / "last.pt")
+    _write(state, path)
+    _link(path, "last.pt")
     numbered = sorted(p for p in ckpt_dir.glob("step-*.pt") if STEP_FILE.search(p.name))
     for old in numbered[:-keep]:
         old.unlink()
     return path
+
+
+def save_best(state: dict, ckpt_dir: Path) -> Path:
+    """Write best.pt atomically: the checkpoint whose training-time overall figure is the lowest so far."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _write(state, ckpt_dir / "best.pt")
+    return ckpt_dir / "best.pt"
+
+
+def reconcile_best(ckpt_dir: Path, best: dict | None, log=print) -> dict | None:
+    """On resume, best.pt must be the ``best`` of the checkpoint resumed from. One written later, by a
+    run that went on from there and was then abandoned (or one that cannot be read), is replaced by
+    that step's checkpoint where it is still kept, else removed (the next better evaluation writes a
+    new one). Returns the best to go on comparing with."""
+    path = Path(ckpt_dir) / "best.pt"
+    if not path.exists():
+        return None  # nothing to point at: the next evaluation starts the comparison afresh
+    try:
+        on_disk = load_checkpoint(path)["step"]
+    except UserError:
+        on_disk = None
+    if best is not None and on_disk == best["step"]:
+        return best
+    was = "unreadable" if on_disk is None else f"step {on_disk}"
+    kept = path.parent / f"step-{best['step']:07d}.pt" if best else None
+    if kept is not None and kept.exists():
+        _link(kept, "best.pt")
+        log(f"{path}: was {was}, not the best of the checkpoint resumed from; now {kept.name}")
+        return best
+    path.unlink()
+    log(f"{path}: was {was}, not the best of the checkpoint resumed from, which is no longer kept; removed")
+    return None
 
 
 def _numpy_globals() -> list:

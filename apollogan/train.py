@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_best, save_checkpoint
+from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
@@ -132,29 +132,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
-
-
-def reconcile_best(ckpt_dir: Path, best: dict | None, log) -> dict | None:
-    """On resume, best.pt must be the ``best`` of the checkpoint resumed from. One written later, by a
-    run that went on from there and was then abandoned, is replaced by that step's checkpoint where it
-    is still kept, else removed (the next better evaluation writes a new one)."""
-    path = ckpt_dir / "best.pt"
-    if not path.exists():
-        return None  # nothing to point at: the next evaluation starts the comparison afresh
-    on_disk = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
-    if best is not None and on_disk == best["step"]:
-        return best
-    kept = ckpt_dir / f"step-{best['step']:07d}.pt" if best else None
-    if kept is not None and kept.exists():
-        tmp = ckpt_dir / ".best.pt.tmp"
-        tmp.unlink(missing_ok=True)
-        os.link(kept, tmp)
-        os.replace(tmp, path)
-        log(f"{path}: was step {on_disk}, after the checkpoint resumed from; now {kept.name}, its best")
-        return best
-    path.unlink()
-    log(f"{path}: was step {on_disk}, after the checkpoint resumed from, whose best is no longer kept; removed")
-    return None
 
 
 def next_run_name(cfg: Config) -> str:
