@@ -42,10 +42,10 @@ class Song:
         """[len(steps), 2] (numerator, denominator) in force at each step (4/4 before the first)."""
         ts = self.time_signatures
         if len(ts) == 0:
-            return np.tile([4, 4], (len(steps), 1))
+            return np.full((len(steps), 2), 4, np.int64)
         i = np.searchsorted(ts[:, 0], steps, side="right") - 1
-        out = ts[np.maximum(i, 0), 1:].copy()
-        out[i < 0] = (4, 4)
+        out = ts[:, 1:][i]  # i = -1 (before the first) is overwritten next
+        out[i < 0] = 4
         return out
 
 

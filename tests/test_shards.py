@@ -83,11 +83,12 @@ def test_small_shards_span_files_and_gather_across_them(midi_dir, tmp_path):
 def test_preprocessing_is_deterministic_across_runs_and_workers(midi_dir, tmp_path):
     opts = dict(transpose=2, time_shifts=(-1, 2))
     build(midi_dir, tmp_path / "a", **opts)
-    for out, workers in (("b", 2), ("c", 0)):  # 0 reads as one worker
+    # batch 2: three batches of files, each queued to the workers while the one before is written
+    for out, workers, batch in (("b", 2, 512), ("c", 0, 512), ("d", 2, 2)):  # 0 reads as one worker
         preprocess(find_midi_files([midi_dir]), tmp_path / out, SPEC, WindowOptions(val_fraction=0.3, **opts),
-                   workers=workers, progress=False)
+                   workers=workers, progress=False, batch=batch)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    for out in ("b", "c"):
+    for out in ("b", "c", "d"):
         assert names == sorted(p.name for p in (tmp_path / out).iterdir())
         for n in names:
             assert (tmp_path / "a" / n).read_bytes() == (tmp_path / out / n).read_bytes(), n
