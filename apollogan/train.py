@@ -219,10 +219,15 @@ def train(cfg: Config, resume: Path | dict | None = None, log=print, progress: b
     Rank 0 alone logs and saves.
     """
     env = setup_distributed()
+    done = False
     try:
-        return _train(cfg, resume, env, log if env.main else (lambda *a, **k: None), progress and env.main)
+        out = _train(cfg, resume, env, log if env.main else (lambda *a, **k: None), progress and env.main)
+        done = True
+        return out
     finally:
         if env.world > 1:
+            if done:  # no rank closes gloo's connections while another still uses them (after a failure: no wait)
+                dist.barrier()
             dist.destroy_process_group()
 
 
