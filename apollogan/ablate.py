@@ -13,8 +13,8 @@ runs/ablations/NAME/CELL-sSEED (checkpoints in checkpoints/ablations/NAME/CELL-s
 trained with `python -m apollogan.train`, then scored with `python -m apollogan.evaluate`
 (the same number of samples and the same evaluation seed for every run), and its figures go
 to final.json. Running the command again skips finished runs and resumes interrupted ones from
-their last checkpoint. A cell's shards follow its data options (data.onset, data.transpose,
-data.time_shifts): the bundled tunes are preprocessed once per set of options and shared.
+their last checkpoint. A cell's shards follow its data options (data.onset, data.key_normalize,
+data.transpose, data.time_shifts): the bundled tunes are preprocessed once per set of options and shared.
 
 Results: runs/ablations/NAME/results.csv (one row per run: overrides, seed, steps, wall time,
 samples/s, every metric's generated value and gap, the overall figure, memorisation) and

@@ -23,6 +23,7 @@ class DataConfig:
     onset: bool = False  # an onset channel beside the sustain channel
     transpose: int = 0  # random transposed copies of each training window
     time_shifts: list[int] = field(default_factory=list)  # extra training copies shifted by these many steps
+    key_normalize: bool = False  # training tunes transposed onto the white keys (preprocess --key-normalize)
     meter: str = ""  # train on the windows in this meter only, for example 4/4 (empty: every window)
 
 

@@ -91,6 +91,41 @@ def _fit_pitches(pitch: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndar
     return folded, np.ones(len(pitch), bool), 0, n_out
 
 
+DIATONIC = (0, 2, 4, 5, 7, 9, 11)  # the white keys: C major, A minor and the other modes of that scale
+
+
+def key_shift(notes: np.ndarray) -> int:
+    """The transposition, -6 to +5 semitones, that puts the most note time on the white keys:
+    a tune in D major moves down 2 (to C major), one in E minor up 5 (to A minor). Notes count
+    by duration; ties go to the smaller shift, then the lower one, so a tune already in C stays."""
+    if len(notes) == 0:
+        return 0
+    hist = np.bincount(notes[:, 0] % 12, weights=notes[:, 2] - notes[:, 1], minlength=12)
+    white = np.zeros(12, bool)
+    white[list(DIATONIC)] = True
+    # by shift s a pitch class q lands on (q + s) % 12: the time on the white keys is hist . white[(q + s) % 12]
+    score = {s: float(hist @ white[(np.arange(12) + s) % 12]) for s in range(-6, 6)}
+    return min(score, key=lambda s: (-score[s], abs(s), s))
+
+
+def transpose_song(song: Song, shift: int, spec: RollSpec) -> Song:
+    """The song ``shift`` semitones up, the out-of-range rule applied again to the notes it moves out of
+    the window (counted in the stats as dropped or folded)."""
+    if shift == 0:
+        return song
+    pitch, keep, dropped, folded = _fit_pitches(song.notes[:, 0] + shift, spec)
+    notes = song.notes.copy()
+    notes[:, 0] = pitch
+    part = song.part
+    if dropped:
+        notes = notes[keep]
+        part = part[keep] if part is not None else None
+    stats = dict(song.stats)
+    stats["notes_dropped_pitch"] = stats.get("notes_dropped_pitch", 0) + dropped
+    stats["notes_folded"] = stats.get("notes_folded", 0) + folded
+    return dataclasses.replace(song, notes=notes, part=part, stats=stats)
+
+
 def check_length(beats: float, max_beats: int) -> None:
     """Files longer than ``max_beats`` beats are treated as broken."""
     if beats > max_beats:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .cli import UserError, bundled_data, find_midi_files, run
-from .midi import DEFAULT_MAX_BEATS, MidiError, Song, read_song, song_roll
+from .midi import DEFAULT_MAX_BEATS, MidiError, Song, key_shift, read_song, song_roll, transpose_song
 from .pianoroll import NPZ_SUFFIX, read_npz_song
 from .shards import (
     FORMAT,
@@ -59,6 +59,7 @@ class WindowOptions:
     val_fraction: float = 0.1
     seed: int = 0
     max_beats: int = DEFAULT_MAX_BEATS
+    key_normalize: bool = False  # train files transposed onto the white keys (midi.key_shift); val files as written
 
 
 @dataclass
@@ -136,6 +137,8 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
         song = read_input(path, spec, opt.max_beats)
     except MidiError as e:
         return FileResult(error=str(e))
+    key = key_shift(song.notes) if opt.key_normalize and split == "train" else 0
+    song = transpose_song(song, key, spec)
     base = window_starts(song, song.steps, spec, opt.hop)
     total = int(base[-1]) + spec.steps  # past the song's end the roll is silent
     roll = song_roll(song, total, spec)
@@ -167,7 +170,7 @@ def convert_file(path: Path, index: int, split: str, spec: RollSpec, opt: Window
     records = np.empty(len(win), RECORD_DTYPE)  # one array: cheap to send back from a worker
     records["source"], records["offset"], records["transpose"] = index, starts, transpose
     records["shift"], records["ts_num"], records["ts_den"] = shift, ts[:, 0], ts[:, 1]
-    info = {"tempo": song.tempo, "steps": song.steps, "notes": int(len(song.notes))}
+    info = {"tempo": song.tempo, "steps": song.steps, "notes": int(len(song.notes))} | ({"key_shift": key} if key else {})
     stats = dict(song.stats, windows_dropped_sparse=int((~dense).sum()))
     return FileResult(np.packbits(win.reshape(len(win), math.prod(spec.shape)), axis=1), records, info, stats)
 
@@ -379,6 +382,9 @@ def main(argv=None) -> int:
     g.add_argument("--min-cells", type=int, default=o.min_cells, help="drop windows with fewer active cells (default %(default)s)")
     g.add_argument("--transpose", type=int, default=o.transpose, help="transposed copies per train window (default %(default)s)")
     g.add_argument("--transpose-range", type=int, default=o.transpose_range, help="largest shift in semitones (default %(default)s)")
+    g.add_argument("--key-normalize", action="store_true",
+                   help="transpose each train file so that most of its note time is on the white keys (C major, A "
+                        "minor and their modes; -6 to +5 semitones); validation files stay as written")
     g.add_argument("--time-shifts", type=int, nargs="*", default=[], metavar="S", help="extra train copies shifted by S steps")
     g.add_argument("--val-fraction", type=float, default=o.val_fraction, help="share of files for validation (default %(default)s)")
     g.add_argument("--seed", type=int, default=o.seed, help="augmentation seed (default %(default)s)")
@@ -390,7 +396,7 @@ def main(argv=None) -> int:
     if a.hop < 1 or a.workers < 0 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
         raise UserError("--hop and --shard-windows must be positive, --workers 0 or more and --val-fraction in [0, 1)")
     opt = WindowOptions(a.hop, a.min_cells, a.transpose, a.transpose_range, tuple(a.time_shifts),
-                        a.val_fraction, a.seed, a.max_beats)
+                        a.val_fraction, a.seed, a.max_beats, a.key_normalize)
     files = find_midi_files(a.inputs or [bundled_data()])
     if not files:
         raise UserError(f"no MIDI (.mid, .midi, .kar) or .npz files in {', '.join(map(str, a.inputs))}")
@@ -405,13 +411,15 @@ def main(argv=None) -> int:
 
 def data_options(data) -> tuple[RollSpec, WindowOptions]:
     """The spec and window options a config's data section (config.DataConfig) asks for."""
-    return RollSpec(onset=data.onset), WindowOptions(transpose=data.transpose, time_shifts=tuple(data.time_shifts))
+    return RollSpec(onset=data.onset), WindowOptions(transpose=data.transpose, time_shifts=tuple(data.time_shifts),
+                                                     key_normalize=data.key_normalize)
 
 
 def bundled_root(data) -> Path:
     """Where the bundled tunes preprocessed with a data section's options live: chunks/nottingham for
-    the defaults, with a suffix per option otherwise (chunks/nottingham-onset-t2-s4.8)."""
-    tail = ("-onset" if data.onset else "") + (f"-t{data.transpose}" if data.transpose else "")
+    the defaults, with a suffix per option otherwise (chunks/nottingham-onset-key-t2-s4.8)."""
+    tail = ("-onset" if data.onset else "") + ("-key" if data.key_normalize else "")
+    tail += f"-t{data.transpose}" if data.transpose else ""
     tail += "-s" + ".".join(map(str, data.time_shifts)) if data.time_shifts else ""
     return DEFAULT_OUT.with_name(DEFAULT_OUT.name + tail)
 
@@ -421,8 +429,9 @@ def data_mismatch(manifest: dict, data) -> str | None:
     spec, opt = data_options(data)
     have_opt = manifest.get("options", {})
     have = {"onset": bool(manifest["spec"].get("onset")), "transpose": have_opt.get("transpose", 0),
-            "time_shifts": list(have_opt.get("time_shifts", []))}
-    want = {"onset": spec.onset, "transpose": opt.transpose, "time_shifts": list(opt.time_shifts)}
+            "time_shifts": list(have_opt.get("time_shifts", [])), "key_normalize": have_opt.get("key_normalize", False)}
+    want = {"onset": spec.onset, "transpose": opt.transpose, "time_shifts": list(opt.time_shifts),
+            "key_normalize": opt.key_normalize}
     diff = [f"data.{k}={json.dumps(want[k])} (the shards have {json.dumps(have[k])})" for k in want if want[k] != have[k]]
     return ", ".join(diff) or None
 

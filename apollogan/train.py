@@ -239,7 +239,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     root = Path(cfg.data.root)
     if root == DEFAULT_OUT and bundled_root(cfg.data) != DEFAULT_OUT and not (root / "manifest.json").exists():
         raise UserError(f"{root} holds the bundled tunes made with the default data options; for these "
-                        f"(data.onset, data.transpose, data.time_shifts) set data.root={bundled_root(cfg.data)}")
+                        f"(data.onset, data.key_normalize, data.transpose, data.time_shifts) set data.root={bundled_root(cfg.data)}")
     if env.main and root == bundled_root(cfg.data) and not is_current(root):
         ensure_shards(root, cfg.data, log=log)
     if env.world > 1:

@@ -63,6 +63,9 @@ def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
     jobs = {j.cell: j for j in plan(load_ablation(f), build_data=False)}
     assert not any(a.startswith("data.root=") for a in jobs["onset=false"].train_cmd)
     assert "data.root=chunks/nottingham-onset" in jobs["onset=true"].train_cmd
+    f = write(tmp_path / "key.yaml", "base: configs/quick.yaml\ngrid: {data.key_normalize: [true]}\n")
+    (job,) = plan(load_ablation(f), build_data=False)
+    assert "data.root=chunks/nottingham-key" in job.train_cmd
 
 
 @pytest.mark.parametrize("text, says", [
@@ -173,6 +176,7 @@ QUIET = dict(log=lambda *a, **k: None, progress=False)
 @pytest.mark.parametrize("extra, says", [
     (["data.onset=true"], "data.onset=true (the shards have false)"),
     (["data.transpose=2", "data.time_shifts=[4]"], "data.transpose=2 (the shards have 0), data.time_shifts=[4]"),
+    (["data.key_normalize=true"], "data.key_normalize=true (the shards have false)"),
 ])
 def test_train_refuses_shards_made_otherwise_than_the_config_says(tmp_path, chunks, extra, says):
     with pytest.raises(UserError) as e:

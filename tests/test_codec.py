@@ -5,7 +5,18 @@ import numpy as np
 import pytest
 from conftest import write_midi
 
-from apollogan.midi import MidiError, binarize, notes_to_midi, notes_to_roll, read_song, roll_to_notes, save_midi
+from apollogan.midi import (
+    MidiError,
+    Song,
+    binarize,
+    key_shift,
+    notes_to_midi,
+    notes_to_roll,
+    read_song,
+    roll_to_notes,
+    save_midi,
+    transpose_song,
+)
 from apollogan.preprocess import window_starts
 from apollogan.spec import RollSpec
 
@@ -212,3 +223,36 @@ def test_synth_renders_notes_and_silence():
     silent = synth(np.zeros((0, 3), int), SPEC, sample_rate=8000)
     assert np.abs(silent).max() == 0
     assert to_wav_bytes(wave, 8000)[:4] == b"RIFF"
+
+
+def _line(pitches, lengths=None):
+    """Notes (pitch, start, end) one after another, each ``lengths[i]`` steps (default 1)."""
+    lengths = lengths or [1] * len(pitches)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.array([(p, s, s + n) for p, s, n in zip(pitches, starts, lengths)], np.int64).reshape(-1, 3)
+
+
+def test_key_shift_puts_the_most_note_time_on_the_white_keys():
+    d_major = [62, 64, 66, 67, 69, 71, 73]  # D E F# G A B C#
+    e_minor = [64, 66, 67, 69, 71, 72, 74]  # E F# G A B C D
+    assert key_shift(_line(d_major)) == -2  # to C major
+    assert key_shift(_line(e_minor)) == 5  # to A minor, not down 7
+    assert key_shift(_line([60, 62, 64, 65, 67, 69, 71])) == 0  # already there
+    assert key_shift(_line([61])) == -1  # a lone C#: every shift that lands it on a white key ties; the smallest wins
+    assert key_shift(np.zeros((0, 3), np.int64)) == 0
+    # D major plus a C natural: held 3 steps it outweighs the C# (G major, up 5); held 1 step the two tie
+    # (7 steps either way) and the smaller shift wins
+    assert key_shift(_line(d_major + [60], [1] * 7 + [3])) == 5
+    assert key_shift(_line(d_major + [60], [1] * 7 + [1])) == -2
+
+
+def test_transpose_song_applies_the_out_of_range_rule_again_and_counts_it():
+    notes = np.array([(40, 0, 4), (92, 0, 4), (60, 4, 8)], np.int64)
+    song = Song(notes, 8, np.array([0]), np.zeros((0, 3), np.int64), 120.0,
+                {"notes": 3, "notes_dropped_pitch": 1, "notes_folded": 0}, part=np.array([0, 1, 1]))
+    up = transpose_song(song, 3, RollSpec())  # window 30..93: 92 + 3 leaves it
+    assert up.notes.tolist() == [[43, 0, 4], [63, 4, 8]] and up.part.tolist() == [0, 1]
+    assert up.stats["notes_dropped_pitch"] == 2 and song.notes[1, 0] == 92  # the input is left as it was
+    folded = transpose_song(song, 3, RollSpec(out_of_range="fold"))
+    assert folded.notes[:, 0].tolist() == [43, 83, 63] and folded.stats["notes_folded"] == 1
+    assert transpose_song(song, 0, RollSpec()) is song

@@ -237,3 +237,25 @@ def test_an_interrupted_run_leaves_no_file_behind(midi_dir, tmp_path, monkeypatc
         preprocess(find_midi_files([midi_dir]), out, SPEC, WindowOptions(val_fraction=0.3), shard_windows=2,
                    progress=False)
     assert list(out.iterdir()) == []
+
+
+def test_key_normalize_moves_train_files_onto_the_white_keys_and_leaves_val_files(tmp_path):
+    from conftest import scale_tune, write_midi
+
+    for name, base in (("c", 60), ("d", 62)):  # the same tune in C and a tone higher, in D
+        (tmp_path / name).mkdir()
+        write_midi(tmp_path / name / "tune.mid", scale_tune(96, base=base))
+
+    def windows(name, **opt):
+        out = tmp_path / f"{name}-{len(opt)}-{opt.get('val_fraction')}"
+        preprocess(find_midi_files([tmp_path / name]), out, SPEC, WindowOptions(**opt), progress=False)
+        split = "val" if opt.get("val_fraction") == 1 else "train"
+        ss = ShardSet(out, split)
+        return ss.get(np.arange(len(ss))), read_lines(out, json.loads((out / "manifest.json").read_text())["sources"])
+
+    c, _ = windows("c", val_fraction=0)
+    d, _ = windows("d", val_fraction=0)
+    d_key, lines = windows("d", val_fraction=0, key_normalize=True)
+    assert not np.array_equal(c, d) and np.array_equal(c, d_key) and lines[0]["key_shift"] == -2
+    d_val, lines = windows("d", val_fraction=1, key_normalize=True)  # every file in val: left in D
+    assert np.array_equal(d_val, d) and "key_shift" not in lines[0]
