@@ -17,7 +17,7 @@ their last checkpoint. A cell's shards follow its data options (data.onset, data
 data.transpose, data.time_shifts): the bundled tunes are preprocessed once per set of options and shared.
 
 Results: runs/ablations/NAME/results.csv (one row per run: overrides, seed, steps, wall time,
-samples/s, every metric's generated value and gap, the overall figure, memorisation) and
+samples/s, every metric's generated value and gap, the overall figure, memorisation, pair IoU) and
 summary.md (mean ± std over seeds per cell, the best value of each column in bold).
 `tensorboard --logdir runs/ablations/NAME` shows every run; its HParams tab compares them.
 
@@ -374,6 +374,7 @@ def result_row(final: dict) -> dict:
         row[k], row[f"{k}_gap"] = v["generated_mean"], v["gap"]
     for t in ("0.5", "0.8", "0.95"):
         row[f"memorisation_above_{t}"] = ev["memorisation"][f"above_{t}"] if ev.get("memorisation") else None
+    row["pair_iou"] = (ev.get("diversity") or {}).get("generated_pair_iou")  # absent in runs evaluated before it
     for k, v in (ev.get("validation") or {}).items():
         if k != "windows":
             row[k] = v
@@ -395,7 +396,7 @@ def _num(v) -> float:
 
 
 HEADLINE = ("overall", "qualified_note_rate_q2", "groove_consistency", "scale_consistency", "polyphony",
-            "empty_bar_rate", "pitch_classes_used")
+            "empty_bar_rate", "pitch_classes_used", "pair_iou")
 COST = ("memorisation_above_0.8", "steps", "wall_s", "samples_per_s")
 
 
@@ -407,7 +408,10 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
     first = finals[0]["evaluation"] if finals else None
     metric_names = list(first["metrics"]) if first else []
     real = {k: first["metrics"][k]["real_mean"] for k in metric_names} | {"overall": 0.0} if first else {}
-    cols = ["overall", *metric_names, *COST]
+    diversity = next((f["evaluation"]["diversity"] for f in finals if "diversity" in f["evaluation"]), None)
+    if diversity:
+        real["pair_iou"] = diversity["real_pair_iou"]
+    cols = ["overall", *metric_names, "pair_iou", *COST]
     stats = {c: {k: np.array([_num(result_row(f).get(k)) for f in finals if f["cell"] == c]) for k in cols}
              for c in cells}
 

@@ -48,6 +48,7 @@ from .spec import RollSpec
 
 REFERENCE_VERSION = 1
 IOU_THRESHOLDS = (0.5, 0.8, 0.95)
+DIVERSITY_ROLLS = 256  # rolls per side whose pairs give the pair IoU (32,640 pairs)
 VALIDATION_WINDOWS = 4096  # a model's own held-out figures: the whole split of the bundled data, a sample of larger ones
 
 
@@ -175,6 +176,22 @@ def memorisation(samples: np.ndarray, train: ShardSet, worst: int = 5, progress:
 
 # --- putting it together ----------------------------------------------------------------------
 
+def pair_iou(rolls: np.ndarray, n: int = DIVERSITY_ROLLS) -> float:
+    """How alike two rolls [N, P, T] are: the mean IoU of active cells over every pair of ``n`` rolls
+    spread evenly over the N (two empty rolls count 1, as in the nearest-window search). NaN with
+    fewer than two rolls. A model that draws the same notes in every sample scores near 1."""
+    idx = np.unique(np.linspace(0, len(rolls) - 1, min(n, len(rolls))).round().astype(np.int64))
+    if len(idx) < 2:
+        return float("nan")
+    x = torch.from_numpy(np.ascontiguousarray(rolls[idx]).reshape(len(idx), -1)).float()
+    inter = x @ x.T  # exact: counts below 2**24
+    cells = x.sum(1)
+    union = cells[:, None] + cells[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+    i, j = torch.triu_indices(len(idx), len(idx), 1)
+    return float(iou[i, j].double().mean())
+
+
 def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
     """Which validation windows are in ``meter`` (numerator, denominator); refuses a meter with none."""
     r = val.records
@@ -201,11 +218,14 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     spec = val.spec
     gen = roll_metrics(rolls, spec, bar)
     real = reference_metrics(root, "val", progress)
-    if meter is not None:
-        mask = same_meter(val, meter)
-        real = {k: v[mask] for k, v in real.items()}
+    mask = same_meter(val, meter) if meter is not None else np.ones(len(val), bool)
+    real = {k: v[mask] for k, v in real.items()}
     result = {"samples": int(len(rolls)), "real_windows": int(len(next(iter(real.values())))),
               "meter": f"{meter[0]}/{meter[1]}" if meter else "each window's own", **compare(gen, real)}
+    # beside the overall figure, which compares windows one at a time: are the samples alike? (channel 0, as below)
+    real_rolls = val.get(np.nonzero(mask)[0][np.unique(np.linspace(0, mask.sum() - 1, DIVERSITY_ROLLS).astype(np.int64))])
+    result["diversity"] = {"generated_pair_iou": pair_iou(rolls[:, 0].astype(bool)),
+                           "real_pair_iou": pair_iou(np.asarray(real_rolls)[:, 0].astype(bool))}
     if per_roll:
         result["per_roll"] = {"generated": gen, "real": real}
     if memo:
@@ -295,6 +315,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {k} | {v['generated_mean']:.3f} ± {v['generated_std']:.3f} | {v['real_mean']:.3f} ± "
                      f"{v['real_std']:.3f} | {v['gap']:+.2f} | {v['w1']:.3f} | {v['ks']:.3f} |")
     lines += ["", f"overall (mean W1 / real std over metrics): {result['overall']:.3f}"]
+    d = result.get("diversity")
+    if d:
+        lines += ["", f"diversity: two samples share {d['generated_pair_iou']:.3f} of their active cells (IoU, mean over "
+                      f"pairs), two real validation windows {d['real_pair_iou']:.3f}"]
     m = result.get("memorisation")
     if m:
         lines += ["", f"memorisation: nearest training window IoU > 0.5: {m['above_0.5']:.1%}, > 0.8: "

@@ -563,6 +563,8 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
             if np.isfinite(v).any():
                 writer.add_histogram(f"Metrics/{name}/hist_{side}", v[np.isfinite(v)], step)
     writer.add_scalar("Metrics/overall", res["overall"], step)
+    for side in ("generated", "real"):  # a run drawing the same notes in every sample shows here, not in overall
+        writer.add_scalar(f"Metrics/pair_iou/{side}", res["diversity"][f"{side}_pair_iou"], step)
     mem = res["memorisation"]
     for t in ("0.5", "0.8", "0.95"):
         writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
@@ -570,6 +572,7 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
     for k, v in val.items():
         writer.add_scalar(k, v, step)
     return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
+            "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
 
 

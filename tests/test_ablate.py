@@ -113,6 +113,7 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
         assert x["steps"] == "20" and float(x["wall_s"]) > 0 and float(x["samples_per_s"]) > 0
         assert 0 <= float(x["qualified_note_rate_q2"]) <= 1 or x["qualified_note_rate_q2"] == "nan"
         assert {"overall", "groove_consistency_gap", "memorisation_above_0.8"} <= set(x)
+        assert 0 <= float(x["pair_iou"]) <= 1
         assert "train.loss=" in x["overrides"]
     finals = {x["run"]: json.loads((base / x["run"] / "final.json").read_text()) for x in rows}
     assert all(f["evaluation"]["samples"] == 200 and f["evaluation"]["meter"] == "4/4" for f in finals.values())
@@ -121,6 +122,10 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
     table = [ln for ln in md.splitlines() if ln.startswith("| loss=")]
     assert len(table) == 4 and all("| 2 |" in ln and " ± " in ln for ln in table)  # headline and every metric
     assert md.count("**") >= 2 and "| real (validation) |" in md
+    head = next(ln for ln in md.splitlines() if ln.startswith("| cell |"))
+    real = next(ln for ln in md.splitlines() if ln.startswith("| real (validation) |"))
+    assert head.rstrip(" |").split(" | ")[-5] == "pair_iou"  # before the cost columns, with the real figure
+    assert real.split(" | ")[-5] not in ("", " ")
     assert (base / "loss=bce-s0" / "final").is_dir()  # the HParams record
     assert (tmp_path / "chunks" / "nottingham" / "manifest.json").is_file()
 

@@ -14,7 +14,9 @@ from apollogan.evaluate import (
     compare,
     evaluate_rolls,
     ks_statistic,
+    markdown,
     memorisation,
+    pair_iou,
     reference_metrics,
     wasserstein1,
     window_bars,
@@ -60,6 +62,27 @@ def test_real_versus_real(chunks):
     noise = (np.random.default_rng(0).random((64, 1, 64, 256)) < 0.06)
     far = evaluate_rolls(noise, chunks, 16, progress=False, memo=False)
     assert far["overall"] > 5 * res["overall"]
+
+
+def test_pair_iou_known_answers():
+    a = np.zeros((3, 4, 8), bool)
+    a[0, 1, :2] = a[1, 1, :2] = True  # rolls 0 and 1 the same two cells, roll 2 empty
+    assert pair_iou(a) == pytest.approx(1 / 3)  # pairs (0, 1): 1; (0, 2) and (1, 2): 0
+    assert pair_iou(a, n=2) == 0.0  # rolls 0 and 2, spread over the three
+    a[1, 1, 1] = False
+    a[1, 2, 7] = True  # roll 1 now shares one of its two cells with roll 0: IoU 1/3
+    assert pair_iou(a) == pytest.approx(1 / 9)
+    assert pair_iou(np.zeros((2, 4, 8), bool)) == 1.0  # two empty rolls are alike
+    assert np.isnan(pair_iou(a[:1]))
+
+
+def test_evaluation_reports_how_alike_the_samples_are(chunks):
+    val = ShardSet(chunks, "val")
+    one = np.repeat(val.get([0]), 40, axis=0)  # the same real window forty times
+    res = evaluate_rolls(one, chunks, np.repeat(window_bars(val)[:1], 40), progress=False, memo=False)
+    d = res["diversity"]
+    assert d["generated_pair_iou"] == 1.0 and 0 < d["real_pair_iou"] < 0.2
+    assert "two samples share 1.000 of their active cells" in markdown(res)
 
 
 def test_reference_is_cached_and_invalidated(chunks, tmp_path):

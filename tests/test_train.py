@@ -79,8 +79,9 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
     for s in ("Loss/D", "Loss/G", "D(x)", "D(G(z))", "GradNorm/D", "GradNorm/G", "LR/G", "LR/D",
               "Speed/samples_per_s", "Stats/note_density/generated", "Stats/note_density/real",
               "Metrics/pitch_range/generated", "Metrics/pitch_range/gap", "Metrics/overall",
-              "Metrics/memorisation_above_0.8"):
+              "Metrics/memorisation_above_0.8", "Metrics/pair_iou/generated", "Metrics/pair_iou/real"):
         assert s in tags["scalars"], s
+    assert 0 < ev.Scalars("Metrics/pair_iou/real")[0].value < 0.5 and 0 <= out["Metrics/pair_iou"] <= 1
     assert [e.step for e in ev.Scalars("Loss/D")] == [2, 4, 6]
     assert all(0 < e.value < 1e3 for tag in ("GradNorm/D", "GradNorm/G") for e in ev.Scalars(tag))
     assert {"Real", "Samples/ema", "Samples/ema_binary", "Samples/vs_real"} <= set(tags["images"])
