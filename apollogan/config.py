@@ -116,8 +116,9 @@ FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae
 GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
 # train keys that only one kind of family reads: setting them for the other kind is refused
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
-                  "r1_every")
+                  "r1_every", "diffaug")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
+DIFFAUG = ("time", "pitch", "cutout")  # train.diffaug's changes (models/gan.py diff_augment)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class TrainConfig:
     d_steps: int = 1  # discriminator steps per generator step
     r1: float = 0.0  # gamma of the R1 penalty, gamma / 2 * |grad_x D(x)|^2 on real rolls (0: off)
     r1_every: int = 1  # apply it every N discriminator steps, scaled by N (lazy regularisation)
+    diffaug: str = ""  # DiffAugment: what D sees, real and generated, changed at random: "time", "pitch", "cutout", comma-separated
     ema_decay: float = 0.999
     seed: int = 0
     amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
@@ -355,6 +357,9 @@ def validate(cfg: Config) -> None:
         raise UserError("train.label_smoothing: must be in [0, 0.5)")
     if t.r1 < 0:
         raise UserError("train.r1: must be >= 0 (the penalty's gamma; 0 is off)")
+    unknown = [p for p in t.diffaug.split(",") if p and p not in DIFFAUG]
+    if unknown:
+        raise UserError(f"train.diffaug: {unknown[0]!r} is not one of {', '.join(DIFFAUG)} (comma-separated)")
     if t.r1_every != 1 and not t.r1:
         raise UserError("train.r1_every: spaces the R1 penalty out; set train.r1 (its gamma) too")
     if getattr(m, "binary_grad", "sigmoid") != "sigmoid" and getattr(m, "binary", "none") == "none":

@@ -254,3 +254,31 @@ def test_config_overrides_types_and_errors(tmp_path):
     p.write_text("train: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(p)
+
+
+def test_diff_augment_shifts_silences_and_passes_gradients():
+    from apollogan.models.gan import _shift, diff_augment
+
+    x = torch.zeros(2, 1, 8, 16, requires_grad=True)
+    with torch.no_grad():
+        x[:, 0, 3, 5] = 1
+    y = _shift(x, torch.tensor([3, -10]), dim=3)  # roll 0 three steps later; roll 1's note leaves the window
+    assert y[0, 0, 3].nonzero().flatten().tolist() == [8] and y[1].sum().item() == 0
+    y.sum().backward()
+    assert x.grad[0, 0, 3, 5].item() == 1 and x.grad[1, 0, 3, 5].item() == 0  # a lost cell gets no gradient
+    z = _shift(x.detach(), torch.tensor([2, -3]), dim=2)  # up 2 semitones, down 3
+    assert z[0, 0, :, 5].nonzero().flatten().tolist() == [5] and z[1, 0, :, 5].nonzero().flatten().tolist() == [0]
+
+    full = torch.ones(4, 1, 8, 16)
+    assert diff_augment(full, (), torch.Generator().manual_seed(0)) is full
+    cut = diff_augment(full, ("cutout",), torch.Generator().manual_seed(0))
+    for roll in cut:  # a quarter of the steps (4 of 16), consecutive, silent at every pitch
+        silent = (roll.sum(dim=(0, 1)) == 0).nonzero().flatten()
+        assert len(silent) == 4 and (silent.diff() == 1).all() and roll.sum() == 8 * 12
+    moved = diff_augment(full, ("time",), torch.Generator().manual_seed(1))
+    empty_steps = [(r.sum(dim=(0, 1)) == 0).sum().item() for r in moved]  # shifts of at most 16 / 8 = 2 steps
+    assert max(empty_steps) <= 2 and any(empty_steps)
+    again = diff_augment(full, ("time",), torch.Generator().manual_seed(1))
+    assert torch.equal(moved, again)  # the generator decides
+    with pytest.raises(UserError, match="train.diffaug: 'colour' is not one of time, pitch, cutout"):
+        load_config(None, ["train.diffaug=time,colour"])

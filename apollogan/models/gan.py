@@ -14,6 +14,36 @@ from ..losses import d_fake_term, d_real_term, feature_matching, generator_loss,
 from .common import StepContext, batches, count_params, grad_norm
 
 
+def diff_augment(x: torch.Tensor, policy, generator: torch.Generator) -> torch.Tensor:
+    """DiffAugment (Zhao et al., 2020) for rolls [B, C, P, T]: every roll D sees, real or generated,
+    changed at random in the same differentiable way, so that a D with a few thousand training
+    windows cannot learn them by heart. ``time``: each roll shifted by up to T/8 steps; ``pitch``: by
+    up to 6 semitones (zeros move in, what moves out is lost); ``cutout``: a random quarter of the
+    steps silenced. Each roll draws its own; the draws come from ``generator``."""
+    b, _, p, t = x.shape
+    dev = x.device
+    if "time" in policy:
+        x = _shift(x, torch.randint(-(t // 8), t // 8 + 1, (b,), generator=generator, device=dev), dim=3)
+    if "pitch" in policy:
+        x = _shift(x, torch.randint(-6, 7, (b,), generator=generator, device=dev), dim=2)
+    if "cutout" in policy:
+        start = torch.randint(0, t - t // 4 + 1, (b, 1), generator=generator, device=dev)
+        steps = torch.arange(t, device=dev)
+        keep = (steps < start) | (steps >= start + t // 4)  # [B, T]
+        x = x * keep[:, None, None, :].to(x.dtype)
+    return x
+
+
+def _shift(x: torch.Tensor, by: torch.Tensor, dim: int) -> torch.Tensor:
+    """Roll i moved by ``by[i]`` along ``dim`` (2: pitch, 3: time), zeros moving in, nothing wrapping."""
+    n = x.shape[dim]
+    src = torch.arange(n, device=x.device)[None, :] - by[:, None]  # [B, n]: where each position reads from
+    shape = [x.shape[0], 1, 1, 1]
+    shape[dim] = n
+    inside = ((src >= 0) & (src < n)).view(shape).to(x.dtype)
+    return torch.gather(x, dim, src.clamp(0, n - 1).view(shape).expand_as(x)) * inside
+
+
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
              make_fake=None) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
@@ -30,6 +60,10 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
         def make_fake(g_run, real):
             return g_run(G.noise(real.shape[0], ctx.generator, ctx.device))
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
+    policy = tuple(filter(None, t.diffaug.split(",")))
+
+    def aug(x):  # what D sees (train.diffaug; the penalties below see the rolls themselves)
+        return diff_augment(x, policy, ctx.generator).contiguous(memory_format=ctx.fmt) if policy else x
     out = {}
     for k in range(t.d_steps):
         real = ctx.real_batch()
@@ -37,11 +71,11 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             fake = make_fake(g_run, real).float()
         opt_d.zero_grad(set_to_none=True)
         with ctx.autocast():
-            real_logits = d_run(real).float()
+            real_logits = d_run(aug(real)).float()
             loss_real = d_real_term(t.loss, real_logits, t.label_smoothing)
         loss_real.backward()
         with ctx.autocast():
-            fake_logits = d_run(fake.contiguous(memory_format=ctx.fmt)).float()
+            fake_logits = d_run(aug(fake.contiguous(memory_format=ctx.fmt))).float()
             loss_fake = d_fake_term(t.loss, fake_logits)
         loss_fake.backward()
         loss_d = loss_real.detach() + loss_fake.detach()
@@ -67,11 +101,11 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             fake = make_fake(g_run, real)  # over the last D batch's accompaniment when conditional
             with ctx.no_sync("D"):
                 if t.feature_matching > 0:
-                    fake_logits_g, f_fake = d_run(fake.float().contiguous(memory_format=ctx.fmt), features=True)
+                    fake_logits_g, f_fake = d_run(aug(fake.float().contiguous(memory_format=ctx.fmt)), features=True)
                     with torch.no_grad():  # the real side is a fixed target
-                        _, f_real = d_run(real, features=True)
+                        _, f_real = d_run(aug(real), features=True)
                 else:
-                    fake_logits_g = d_run(fake.float().contiguous(memory_format=ctx.fmt))
+                    fake_logits_g = d_run(aug(fake.float().contiguous(memory_format=ctx.fmt)))
             loss_g = generator_loss(t.loss, fake_logits_g.float())
             if t.feature_matching > 0:
                 loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
