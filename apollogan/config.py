@@ -141,6 +141,7 @@ class TrainConfig:
     r1_every: int = 1  # apply it every N discriminator steps, scaled by N (lazy regularisation)
     diffaug: str = ""  # DiffAugment: what D sees, real and generated, changed at random: "time", "pitch", "cutout", comma-separated
     ema_decay: float = 0.999
+    lr_decay: float = 0.0  # the last fraction of the steps over which every learning rate falls linearly towards 0 (0: constant)
     seed: int = 0
     amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
     channels_last: bool = False
@@ -351,6 +352,8 @@ def validate(cfg: Config) -> None:
         if getattr(t, name) != getattr(defaults, name):
             kind = f"a GAN option ({', '.join(GAN_FAMILIES)})" if not gan else "not an option of the GAN families"
             raise UserError(f"train.{name}: {kind}; model.family is {m.family}")
+    if not 0 <= t.lr_decay <= 1:
+        raise UserError("train.lr_decay: must be in [0, 1] (the last fraction of the steps; 0 is off)")
     if not 0 <= t.ema_decay < 1:
         raise UserError("train.ema_decay: must be in [0, 1)")
     if not 0 <= t.label_smoothing < 0.5:

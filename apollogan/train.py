@@ -203,6 +203,13 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def lr_scale(step: int, steps: int, decay: float) -> float:
+    """Learning-rate factor of step ``step`` (0-based) of ``steps``: 1, then over the last ``decay``
+    of the steps a linear fall that reaches 1/n at the last step of those n (never 0)."""
+    n = max(1, round(steps * decay))
+    return min(1.0, (steps - step) / n)
+
+
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     if cfg.train.amp == "off":
         return False
@@ -267,6 +274,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         m.to(memory_format=fmt)
     ema = {k: copy.deepcopy(family.modules[k]).eval().requires_grad_(False) for k in family.ema_names}
     opts = family.optimizers()
+    base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in opts.items()}  # the config's, before a checkpoint's
     gen = torch.Generator(device).manual_seed(t.seed * 7919 + env.rank)  # every draw of the training steps
     step = batches = 0
     if ckpt:
@@ -390,6 +398,11 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             for m in family.modules.values():
                 m.train()
             logging_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == t.steps
+            if t.lr_decay:  # a function of the step alone, so a resumed run follows the same schedule
+                scale = lr_scale(step, t.steps, t.lr_decay)
+                for k, o in opts.items():
+                    for g, lr in zip(o.param_groups, base_lr[k]):
+                        g["lr"] = lr * scale
             figures = family.train_step(StepContext(
                 nets=nets, optimizers=opts, real_batch=real_batch, generator=gen, device=device, step=step,
                 log_now=logging_now, autocast=autocast, no_sync=no_sync, fmt=fmt))

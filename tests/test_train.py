@@ -197,6 +197,28 @@ def test_two_process_ddp_on_cpu(tmp_path, chunks):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp-001"]  # rank 0 alone wrote
 
 
+def test_lr_decay_falls_linearly_over_the_last_steps_and_resumes_exactly(tmp_path, chunks):
+    from apollogan.train import lr_scale
+
+    assert [lr_scale(s, 10, 0.5) for s in range(10)] == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    assert lr_scale(0, 10, 1.0) == 1.0 and lr_scale(9, 10, 1.0) == pytest.approx(0.1)
+    out = train(tiny(tmp_path, chunks, "train.lr_decay=0.5", "train.lr_d=1e-4", "run.checkpoint_every=5"),
+                **QUIET)  # 6 steps: the last 3 fall
+    groups = load_checkpoint(out["checkpoint"])["optimizers"]
+    assert groups["G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 3)  # the last step's: 1/3 of lr_g
+    assert groups["D"]["param_groups"][0]["lr"] == pytest.approx(1e-4 / 3)
+    with pytest.raises(UserError, match=r"train.lr_decay: must be in \[0, 1\]"):
+        train(tiny(tmp_path / "b", chunks, "train.lr_decay=1.5"), **QUIET)
+    # resumed after 5 steps, inside the fall (the checkpoint holds rates at 2/3): the same run
+    step5 = Path(out["checkpoint"]).parent / "step-0000005.pt"
+    assert load_checkpoint(step5)["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 2 / 3)
+    resumed = load_checkpoint(train(tiny(tmp_path / "c", chunks, "train.lr_decay=0.5", "train.lr_d=1e-4"),
+                                    resume=step5, **QUIET)["checkpoint"])
+    assert resumed["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 3)
+    straight = load_checkpoint(out["checkpoint"])
+    assert all(torch.equal(v, resumed["modules"]["G"][k]) for k, v in straight["modules"]["G"].items())
+
+
 def test_ema_warm_up_then_the_configured_decay():
     from apollogan.train import ema_decay_at
 
