@@ -180,8 +180,8 @@ def test_cli_dry_run_and_bad_key(tmp_path):
     assert r.returncode == 0 and "steps: 5" in r.stdout and "width: 128" in r.stdout
     r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
-        "batch_size, beta1, beta2, channels_last, compile, d_steps, ema_decay, feature_matching, gp_weight, " \
-        "grad_clip, label_smoothing, loss, lr, lr_d, lr_g, r1, r1_every, seed, steps, time_limit)"
+        "batch_size, beta1, beta2, channels_last, compile, d_steps, diffaug, ema_decay, feature_matching, gp_weight, " \
+        "grad_clip, label_smoothing, loss, lr, lr_d, lr_decay, lr_g, r1, r1_every, seed, steps, time_limit)"
 
 
 def test_two_process_ddp_on_cpu(tmp_path, chunks):
