@@ -1,0 +1,122 @@
+"""Checkpoint selection measured: the last checkpoint, best.pt's rule and a pair-IoU rule, per run.
+
+    python -m apollogan.ablate configs/ablations/quick-select.yaml --jobs 2
+    python scripts/select_checkpoints.py quick-select --k 3 --num 1000
+
+For every run of an ablation (runs/ablations/NAME/RUN, checkpoints/ablations/NAME/RUN) it reads
+the training-time figures logged to TensorBoard at each kept checkpoint (``Metrics/overall`` and
+``Metrics/pair_iou/generated|real``, from ``run.metrics_samples`` samples), scores every kept
+checkpoint with ``python -m apollogan.evaluate --num N --seed 0 --no-memorisation``, and prints,
+per run and as means, the figures of three choices:
+
+- ``last``: the last checkpoint;
+- ``best``: the lowest training-time overall figure (what training writes as best.pt);
+- ``rule``: the lowest training-time overall figure among the checkpoints whose training-time
+  pair IoU is at most K times the real windows' (``best`` when none is).
+
+Each checkpoint's scores are cached as JSON beside it (``step-NNNNNNN.eval-N.json``), so a second
+call only prints. Both rules choose on the validation windows the checkpoints are then scored
+against, so their figures are optimistic; the comparison between them is the point.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def training_figures(run_dir: Path) -> dict[int, dict]:
+    """step -> {overall, pair_iou, real_pair_iou} from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = {"overall": "Metrics/overall", "pair_iou": "Metrics/pair_iou/generated",
+            "real_pair_iou": "Metrics/pair_iou/real"}
+    if not set(tags.values()) <= set(acc.Tags()["scalars"]):
+        raise SystemExit(f"{run_dir}: no training-time metrics in its events (train with run.metrics_every)")
+    out: dict[int, dict] = {}
+    for key, tag in tags.items():
+        for ev in acc.Scalars(tag):  # a resumed run logs a step again: the later value wins
+            out.setdefault(ev.step, {})[key] = ev.value
+    return out
+
+
+def scored(ckpt: Path, num: int) -> dict:
+    """1,000-sample (``num``) evaluation of one checkpoint, cached beside it."""
+    cache = ckpt.with_suffix(f".eval-{num}.json")
+    if not cache.exists():
+        from apollogan.evaluate import main as evaluate
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = evaluate(["--checkpoint", str(ckpt), "--num", str(num), "--seed", "0", "--no-memorisation",
+                           "--out", str(cache)])
+        if rc:
+            raise SystemExit(f"{ckpt}: evaluate exited with {rc}")
+    res = json.loads(cache.read_text())
+    return {"overall": res["overall"], "pair_iou": res["diversity"]["generated_pair_iou"],
+            "real_pair_iou": res["diversity"]["real_pair_iou"],
+            "density": res["metrics"]["note_density"]["generated_mean"]}
+
+
+def choose(train: dict[int, dict], steps: list[int], k: float) -> dict[str, int]:
+    best = min(steps, key=lambda s: train[s]["overall"])
+    ok = [s for s in steps if train[s]["pair_iou"] <= k * train[s]["real_pair_iou"]]
+    return {"last": max(steps), "best": best, "rule": min(ok, key=lambda s: train[s]["overall"]) if ok else best}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python scripts/select_checkpoints.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ablation", help="the ablation's name (runs/ablations/NAME)")
+    ap.add_argument("--k", type=float, default=3.0, help="pair IoU limit, times the real windows' (default 3)")
+    ap.add_argument("--num", type=int, default=1000, help="samples per checkpoint evaluation (default 1000)")
+    ap.add_argument("--runs", default="runs", type=Path, help="runs folder (default runs)")
+    ap.add_argument("--checkpoints", default="checkpoints", type=Path, help="checkpoints folder (default checkpoints)")
+    a = ap.parse_args(argv)
+    runs = sorted((a.runs / "ablations" / a.ablation).glob("*-s*"), key=lambda p: (
+        re.sub(r"-s\d+$", "", p.name), int(p.name.rsplit("-s", 1)[1])))
+    runs = [r for r in runs if r.is_dir()]
+    if not runs:
+        raise SystemExit(f"{a.runs / 'ablations' / a.ablation}: no runs")
+    print("| run | checkpoints: step overall (pair IoU), training-time | last | best.pt | rule |")
+    print("| --- | --- | --- | --- | --- |")
+    picks = {c: [] for c in ("last", "best", "rule")}
+    for run in runs:
+        ckpt_dir = a.checkpoints / "ablations" / a.ablation / run.name
+        kept = {int(p.stem.split("-")[1]): p for p in ckpt_dir.glob("step-*.pt")}
+        train = training_figures(run)
+        steps = sorted(s for s in kept if s in train)
+        if not steps:
+            print(f"{run.name}: no kept checkpoint with training-time figures; skipped", file=sys.stderr)
+            continue
+        chosen = choose(train, steps, a.k)
+        figs = {}
+        for s in dict.fromkeys(chosen.values()):
+            print(f"{run.name}: scoring step {s}", file=sys.stderr)
+            figs[s] = scored(kept[s], a.num)
+        cells = []
+        for c, s in chosen.items():
+            f = figs[s]
+            picks[c].append(f)
+            cells.append(f"{s}: {f['overall']:.2f} ({f['pair_iou']:.2f})")
+        trail = ", ".join(f"{s} {train[s]['overall']:.2f} ({train[s]['pair_iou']:.2f})" for s in steps)
+        print(f"| {run.name} | {trail} | " + " | ".join(cells) + " |")
+    real = statistics.mean(f["real_pair_iou"] for fs in picks.values() for f in fs)
+    print(f"\nreal pair IoU {real:.3f}; limit k = {a.k:g}")
+    for c, fs in picks.items():
+        over = sum(f["pair_iou"] > a.k * f["real_pair_iou"] for f in fs)
+        print(f"{c}: mean overall {statistics.mean(f['overall'] for f in fs):.3f} over {len(fs)} runs, "
+              f"{over} with pair IoU above {a.k:g}x real")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
