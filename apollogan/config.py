@@ -159,6 +159,9 @@ class RunConfig:
     checkpoint_every: int = 1000
     keep: int = 3  # numbered checkpoints kept beside last.pt
     keep_best: bool = True  # with metrics_every: also best.pt, the step whose training-time overall figure was lowest
+    # ... among the steps whose samples are at most this many times as alike (pair IoU) as real windows,
+    # when any is (0: the overall figure alone); docs/ablations.md, round 9
+    best_pair_iou: float = 3.0
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)
@@ -377,6 +380,8 @@ def validate(cfg: Config) -> None:
         raise UserError("train.grad_clip must be >= 0 and model.dropout in [0, 1)")
     if getattr(m, "beta", 0) < 0 or getattr(m, "beta_warmup", 0) < 0:
         raise UserError("model.beta and model.beta_warmup must be >= 0")
+    if not 0 <= cfg.run.best_pair_iou < float("inf"):  # NaN fails too
+        raise UserError("run.best_pair_iou: must be >= 0 (times the real windows' pair IoU; 0: off)")
     for key, text in (("run.meter", cfg.run.meter), ("data.meter", cfg.data.meter or "1/1")):
         try:
             meter_of(text)

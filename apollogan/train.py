@@ -445,10 +445,12 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                         (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
                     final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
                     overall = final.get("Metrics/overall", float("nan"))
+                    k = cfg.run.best_pair_iou  # samples more alike than k times real windows come last
+                    alike = bool(k) and final.get("Metrics/pair_iou", 0.0) > k * final.get("Metrics/pair_iou/real", 0.0)
                     # main rank only (it alone scores), so no collective here: its own losses judge finiteness
-                    if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (
-                            best is None or overall < best["overall"]) and int(first_bad) < 0:
-                        best = {"step": step, "overall": overall}
+                    if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (best is None or (
+                            alike, overall) < (best.get("alike", False), best["overall"])) and int(first_bad) < 0:
+                        best = {"step": step, "overall": overall, "alike": alike}
                         # before the step's checkpoint: a kill between the two redoes this step after resume
                         save_best(state(gather=False), ckpt_dir)
                 if step % cfg.run.checkpoint_every == 0 or last:
@@ -480,8 +482,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         writer.close()
         log(f"done: {step} steps; checkpoint {ckpt_dir / 'last.pt'}; samples {run_dir / 'samples'}")
         if best:
-            log(f"lowest training-time overall figure: {best['overall']:.3f} at step {best['step']} "
-                f"({cfg.run.metrics_samples} samples): {ckpt_dir / 'best.pt'}")
+            note = (f"; the samples of every scored step were more alike than {cfg.run.best_pair_iou:g}x real windows"
+                    if best.get("alike") else "")
+            log(f"best.pt: step {best['step']}, training-time overall figure {best['overall']:.3f} "
+                f"({cfg.run.metrics_samples} samples){note}: {ckpt_dir / 'best.pt'}")
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
 
@@ -586,6 +590,7 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
         writer.add_scalar(k, v, step)
     return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
             "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
+            "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"],
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
 
 

@@ -98,8 +98,12 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
     assert (Path(out["run_dir"]) / "config.yaml").is_file()
     assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["best.pt", "last.pt",
                                                                                 "step-0000003.pt", "step-0000006.pt"]
-    lowest = min(ev.Scalars("Metrics/overall"), key=lambda e: e.value)  # best.pt is the step logged lowest
-    assert out["best"]["step"] == lowest.step and out["best"]["overall"] == pytest.approx(lowest.value)
+    # best.pt is the step logged lowest, the steps whose samples are over 3x as alike as real windows last
+    alike = {e.step: e.value > 3 * r.value for e, r in zip(ev.Scalars("Metrics/pair_iou/generated"),
+                                                             ev.Scalars("Metrics/pair_iou/real"))}
+    lowest = min(ev.Scalars("Metrics/overall"), key=lambda e: (alike[e.step], e.value))
+    assert out["best"] == {"step": lowest.step, "overall": pytest.approx(lowest.value), "alike": alike[lowest.step],
+                           "checkpoint": str(Path(out["checkpoint"]).parent / "best.pt")}
 
 
 def test_keep_prunes_old_checkpoints_and_names_count_up(tmp_path, chunks):
@@ -267,7 +271,7 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
     monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]]})
     a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
     best = load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")
-    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0}
+    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0, "alike": False}
     assert load_checkpoint(a["checkpoint"])["step"] == 6 and a["best"]["step"] == 4
     # a resumed run compares with the best before the interruption: step 6 (2.0) does not replace step 4 (1.0)
     half = train(tiny(tmp_path / "b", chunks, "run.metrics_every=2", "train.steps=4"), **QUIET)
@@ -283,6 +287,40 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
         assert not (Path(c["checkpoint"]).parent / "best.pt").exists() and "best" not in c
 
 
+def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    # step 2 has the lowest overall figure but its samples are 4.5x as alike as real windows (0.2);
+    # step 4 is the best of the steps under 3x; step 6 is alike and worse
+    scripted = {2: (1.0, 0.9), 4: (2.0, 0.5), 6: (1.5, 0.95)}
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]][0],
+                                                            "Metrics/pair_iou": scripted[a[6]][1],
+                                                            "Metrics/pair_iou/real": 0.2})
+    a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
+    assert load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")["best"] == {"step": 4, "overall": 2.0, "alike": False}
+    # run.best_pair_iou=0: the overall figure alone; a limit of 5x lets step 2 through
+    for k in ("0", "5"):
+        b = train(tiny(tmp_path / k, chunks, "run.metrics_every=2", f"run.best_pair_iou={k}"), **QUIET)
+        assert b["best"]["step"] == 2 and b["best"]["alike"] is False
+    # every step alike: the lowest overall figure, marked as such
+    scripted[4] = (2.0, 0.61)
+    c = train(tiny(tmp_path / "c", chunks, "run.metrics_every=2"), **QUIET)
+    assert c["best"]["step"] == 2 and c["best"]["alike"] is True
+    # a best from a checkpoint written before the rule (no "alike") counts as not alike on resume:
+    # step 4 (2.0, not alike) does not replace it
+    scripted[4] = (2.0, 0.5)
+    half = train(tiny(tmp_path / "d", chunks, "run.metrics_every=2", "train.steps=2"), **QUIET)
+    old = load_checkpoint(half["checkpoint"])
+    old["best"] = {"step": 2, "overall": 1.0}
+    torch.save(old, half["checkpoint"])
+    torch.save(old, Path(half["checkpoint"]).parent / "best.pt")
+    d = train(tiny(tmp_path / "d", chunks, "run.metrics_every=2"), resume=Path(half["checkpoint"]), **QUIET)
+    assert d["best"]["step"] == 2
+    for bad in ("-1", "nan"):
+        with pytest.raises(UserError, match=r"run.best_pair_iou: must be >= 0"):
+            load_config(None, [f"run.best_pair_iou={bad}"])
+
+
 def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, chunks, monkeypatch):
     import apollogan.train as tr
 
@@ -296,7 +334,7 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     scripted[6] = 5.0
     b = train(tiny(tmp_path, chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
     best = load_checkpoint(folder / "best.pt")
-    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0}
+    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0, "alike": False}
     # where the resumed checkpoint's best is no longer kept, the stale best.pt is removed and the
     # comparison starts afresh: step 6 (3.0) is written, not the abandoned path's 0.5
     scripted.update({2: 1.0, 4: 2.0, 6: 0.5})
@@ -306,5 +344,5 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     (folder / "step-0000002.pt").unlink()
     scripted[6] = 3.0
     e = train(tiny(tmp_path / "d", chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
-    assert e["best"] == {"step": 6, "overall": 3.0, "checkpoint": str(folder / "best.pt")}
-    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0}
+    assert e["best"] == {"step": 6, "overall": 3.0, "alike": False, "checkpoint": str(folder / "best.pt")}
+    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False}
