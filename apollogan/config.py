@@ -116,7 +116,7 @@ FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae
 GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
 # train keys that only one kind of family reads: setting them for the other kind is refused
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
-                  "r1_every", "diffaug")
+                  "r1_every", "diffaug", "mode_seeking")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
 DIFFAUG = ("time", "pitch", "cutout")  # train.diffaug's changes (models/gan.py diff_augment)
 
@@ -140,6 +140,9 @@ class TrainConfig:
     r1: float = 0.0  # gamma of the R1 penalty, gamma / 2 * |grad_x D(x)|^2 on real rolls (0: off)
     r1_every: int = 1  # apply it every N discriminator steps, scaled by N (lazy regularisation)
     diffaug: str = ""  # DiffAugment: what D sees, real and generated, changed at random: "time", "pitch", "cutout", comma-separated
+    # weight of a mode-seeking term in the generator loss (MSGAN: two samples must differ in proportion
+    # to their noise; 0: off)
+    mode_seeking: float = 0.0
     ema_decay: float = 0.999
     lr_decay: float = 0.0  # the last fraction of the steps over which every learning rate falls linearly towards 0 (0: constant)
     seed: int = 0
@@ -363,6 +366,10 @@ def validate(cfg: Config) -> None:
         raise UserError("train.label_smoothing: must be in [0, 0.5)")
     if t.r1 < 0:
         raise UserError("train.r1: must be >= 0 (the penalty's gamma; 0 is off)")
+    if not 0 <= t.mode_seeking < float("inf"):  # NaN fails too
+        raise UserError("train.mode_seeking: must be >= 0 (the term's weight; 0 is off)")
+    if t.mode_seeking and t.batch_size < 2:
+        raise UserError("train.mode_seeking: compares pairs of samples; train.batch_size must be at least 2")
     unknown = [p for p in t.diffaug.split(",") if p and p not in DIFFAUG]
     if unknown:
         raise UserError(f"train.diffaug: {unknown[0]!r} is not one of {', '.join(DIFFAUG)} (comma-separated)")

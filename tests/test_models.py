@@ -282,3 +282,25 @@ def test_diff_augment_shifts_silences_and_passes_gradients():
     assert torch.equal(moved, again)  # the generator decides
     with pytest.raises(UserError, match="train.diffaug: 'colour' is not one of time, pitch, cutout"):
         load_config(None, ["train.diffaug=time,colour"])
+
+
+def test_mode_seeking_ratio_pairs_the_halves_and_pushes_samples_apart():
+    from apollogan.models.gan import mode_seeking_ratio
+
+    # samples 0 and 2 are the same roll, 1 and 3 differ in every cell: halves pair (0, 2) and (1, 3),
+    # so half the pairs' cells differ; pairing neighbours (0, 1), (2, 3) would give 1.0
+    fake = torch.tensor([[1., 0, 1, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]], requires_grad=True)
+    z = torch.tensor([[0., 0], [0, 0], [2, 2], [1, 1]])  # |z0 - z2| = 2, |z1 - z3| = 1: mean 1.5
+    ratio = mode_seeking_ratio(fake, z)
+    assert ratio.item() == pytest.approx(0.5 / 1.5)
+    (1 / ratio).backward()  # the generator's term: lowering it moves sample 1 away from sample 3
+    assert (fake.grad[1] < 0).all() and (fake.grad[3] > 0).all()
+    assert mode_seeking_ratio(torch.ones(5, 3), torch.randn(5, 2)).item() == 0  # an odd sample is left out
+    for bad, msg in (("train.mode_seeking=-1", "train.mode_seeking: must be >= 0"),
+                     ("train.mode_seeking=nan", "train.mode_seeking: must be >= 0")):
+        with pytest.raises(UserError, match=msg):
+            load_config(None, [bad])
+    with pytest.raises(UserError, match="train.mode_seeking: compares pairs"):
+        load_config(None, ["train.mode_seeking=1", "train.batch_size=1"])
+    with pytest.raises(UserError, match="train.mode_seeking: a GAN option"):
+        load_config(None, ["model.family=lstm", "train.mode_seeking=1"])

@@ -52,9 +52,20 @@ def test_training_changes_weights_and_keeps_losses_finite(tmp_path, chunks):
     assert ck["family"] == "dcgan" and set(ck["modules"]) == set(ck["optimizers"]) == {"G", "D"}
 
 
+def test_mode_seeking_changes_only_the_generator_step(tmp_path, chunks):
+    # one step: D's update comes first and draws the same noise, so D is equal and G is not
+    plain = train(tiny(tmp_path / "a", chunks, "train.steps=1", "run.log_every=1"), **QUIET)
+    ms = train(tiny(tmp_path / "b", chunks, "train.steps=1", "run.log_every=1", "train.mode_seeking=1"), **QUIET)
+    assert "Loss/mode_seeking_ratio" not in plain and 0 < ms["Loss/mode_seeking_ratio"] < float("inf")
+    a, b = load_checkpoint(plain["checkpoint"])["modules"], load_checkpoint(ms["checkpoint"])["modules"]
+    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
+    assert not all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+
+
 @pytest.mark.parametrize("extra", [[], ["train.loss=hinge", "model.d_norm=spectral", "train.feature_matching=0.5"],
                                    ["train.loss=wgan-gp", "model.d_norm=none", "train.d_steps=2"],
-                                   ["train.diffaug=time,pitch,cutout", "train.feature_matching=0.5"]])
+                                   ["train.diffaug=time,pitch,cutout", "train.feature_matching=0.5"],
+                                   ["train.mode_seeking=0.5"]])
 def test_resume_is_bit_identical(tmp_path, chunks, extra):
     straight = train(tiny(tmp_path / "a", chunks, *extra), **QUIET)
     half = train(tiny(tmp_path / "b", chunks, "train.steps=3", *extra), **QUIET)
@@ -185,7 +196,8 @@ def test_cli_dry_run_and_bad_key(tmp_path):
     r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
         "batch_size, beta1, beta2, channels_last, compile, d_steps, diffaug, ema_decay, feature_matching, gp_weight, " \
-        "grad_clip, label_smoothing, loss, lr, lr_d, lr_decay, lr_g, r1, r1_every, seed, steps, time_limit)"
+        "grad_clip, label_smoothing, loss, lr, lr_d, lr_decay, lr_g, mode_seeking, r1, r1_every, seed, steps, " \
+        "time_limit)"
 
 
 def test_two_process_ddp_on_cpu(tmp_path, chunks):

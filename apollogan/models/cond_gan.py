@@ -126,8 +126,8 @@ class CondGAN(GANFamily):
     def train_step(self, ctx) -> dict:
         G = self.modules["G"]
 
-        def make_fake(g_run, real):
-            return self.over(g_run, real, G.noise(real.shape[0], ctx.generator, ctx.device))
+        def make_fake(g_run, real, z):
+            return self.over(g_run, real, z)
         return gan_step(ctx, G, self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context, make_fake)
 
     def wants_real(self, **_) -> bool:

@@ -44,6 +44,14 @@ def _shift(x: torch.Tensor, by: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.gather(x, dim, src.clamp(0, n - 1).view(shape).expand_as(x)) * inside
 
 
+def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN's ratio (Mao et al. 2019): the mean absolute difference between the two halves of a batch
+    of samples over that between their noise. G maximises it (the loss adds w / ratio), so that two
+    noise vectors far apart do not give the same roll."""
+    h = fake.shape[0] // 2
+    return (fake[:h] - fake[h:2 * h]).abs().mean() / (z[:h] - z[h:2 * h]).abs().mean()
+
+
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
              make_fake=None) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
@@ -52,13 +60,13 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     forward followed by its own backward, as DDP needs. ``freeze_d``: D's weights need no
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
-    ``make_fake(g_run, real)``: the rolls D judges, one per real window (default: G on fresh noise;
-    a conditional GAN puts its melody over the real window's accompaniment).
+    ``make_fake(g_run, real, z)``: the rolls D judges from noise ``z``, one per real window (default:
+    G(z); a conditional GAN puts its melody over the real window's accompaniment).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     if make_fake is None:
-        def make_fake(g_run, real):
-            return g_run(G.noise(real.shape[0], ctx.generator, ctx.device))
+        def make_fake(g_run, real, z):
+            return g_run(z)
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
     policy = tuple(filter(None, t.diffaug.split(",")))
 
@@ -68,7 +76,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     for k in range(t.d_steps):
         real = ctx.real_batch()
         with torch.no_grad(), ctx.autocast():
-            fake = make_fake(g_run, real).float()
+            fake = make_fake(g_run, real, G.noise(real.shape[0], ctx.generator, ctx.device)).float()
         opt_d.zero_grad(set_to_none=True)
         with ctx.autocast():
             real_logits = d_run(aug(real)).float()
@@ -98,7 +106,8 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     D.requires_grad_(not freeze_d)  # the G step needs gradients through D, not of D's weights
     try:
         with ctx.autocast():
-            fake = make_fake(g_run, real)  # over the last D batch's accompaniment when conditional
+            z = G.noise(real.shape[0], ctx.generator, ctx.device)
+            fake = make_fake(g_run, real, z)  # over the last D batch's accompaniment when conditional
             with ctx.no_sync("D"):
                 if t.feature_matching > 0:
                     fake_logits_g, f_fake = d_run(aug(fake.float().contiguous(memory_format=ctx.fmt)), features=True)
@@ -109,6 +118,11 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             loss_g = generator_loss(t.loss, fake_logits_g.float())
             if t.feature_matching > 0:
                 loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
+            if t.mode_seeking > 0:
+                ratio = mode_seeking_ratio(fake.float(), z.float())
+                loss_g = loss_g + t.mode_seeking / (ratio + 1e-5)
+                if ctx.log_now:
+                    out["Loss/mode_seeking_ratio"] = ratio.detach()
         loss_g.backward()
     finally:
         D.requires_grad_(True)
