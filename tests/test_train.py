@@ -56,7 +56,7 @@ def test_mode_seeking_changes_only_the_generator_step(tmp_path, chunks):
     # one step: D's update comes first and draws the same noise, so D is equal and G is not
     plain = train(tiny(tmp_path / "a", chunks, "train.steps=1", "run.log_every=1"), **QUIET)
     ms = train(tiny(tmp_path / "b", chunks, "train.steps=1", "run.log_every=1", "train.mode_seeking=1"), **QUIET)
-    assert "Loss/mode_seeking_ratio" not in plain and 0 < ms["Loss/mode_seeking_ratio"] < float("inf")
+    assert "ModeSeeking/ratio" not in plain and 0 < ms["ModeSeeking/ratio"] < float("inf")
     a, b = load_checkpoint(plain["checkpoint"])["modules"], load_checkpoint(ms["checkpoint"])["modules"]
     assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
     assert not all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])

@@ -121,8 +121,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             if t.mode_seeking > 0:
                 ratio = mode_seeking_ratio(fake.float(), z.float())
                 loss_g = loss_g + t.mode_seeking / (ratio + 1e-5)
-                if ctx.log_now:
-                    out["Loss/mode_seeking_ratio"] = ratio.detach()
+                out["ModeSeeking/ratio"] = ratio.detach()  # every step: logged figures are interval means
         loss_g.backward()
     finally:
         D.requires_grad_(True)
