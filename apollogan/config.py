@@ -367,7 +367,7 @@ def validate(cfg: Config) -> None:
     if t.r1 < 0:
         raise UserError("train.r1: must be >= 0 (the penalty's gamma; 0 is off)")
     if not 0 <= t.mode_seeking < float("inf"):  # NaN fails too
-        raise UserError("train.mode_seeking: must be >= 0 (the term's weight; 0 is off)")
+        raise UserError("train.mode_seeking: must be a finite number >= 0 (the term's weight; 0 is off)")
     if t.mode_seeking and t.batch_size < 2:
         raise UserError("train.mode_seeking: compares pairs of samples; train.batch_size must be at least 2")
     unknown = [p for p in t.diffaug.split(",") if p and p not in DIFFAUG]

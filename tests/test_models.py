@@ -295,9 +295,11 @@ def test_mode_seeking_ratio_pairs_the_halves_and_pushes_samples_apart():
     assert ratio.item() == pytest.approx(0.5 / 1.5)
     (1 / ratio).backward()  # the generator's term: lowering it moves sample 1 away from sample 3
     assert (fake.grad[1] < 0).all() and (fake.grad[3] > 0).all()
-    assert mode_seeking_ratio(torch.ones(5, 3), torch.randn(5, 2)).item() == 0  # an odd sample is left out
-    for bad, msg in (("train.mode_seeking=-1", "train.mode_seeking: must be >= 0"),
-                     ("train.mode_seeking=nan", "train.mode_seeking: must be >= 0")):
+    odd = mode_seeking_ratio(torch.tensor([[0.], [0], [1], [1], [9]]), torch.tensor([[0.], [0], [2], [2], [0]]))
+    assert odd.item() == 0.5  # pairs (0, 2) and (1, 3); the fifth sample is left out
+    for bad, msg in (("train.mode_seeking=-1", "train.mode_seeking: must be a finite number >= 0"),
+                     ("train.mode_seeking=nan", "train.mode_seeking: must be a finite"),
+                     ("train.mode_seeking=inf", "train.mode_seeking: must be a finite")):
         with pytest.raises(UserError, match=msg):
             load_config(None, [bad])
     with pytest.raises(UserError, match="train.mode_seeking: compares pairs"):

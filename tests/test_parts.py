@@ -209,6 +209,17 @@ def test_cond_gan_trains_resumes_bit_exactly_and_keeps_the_given_chords(tmp_path
         family.sample(5, torch.Generator().manual_seed(0), real=None)
 
 
+def test_cond_gan_mode_seeking_compares_only_the_melody(tmp_path, parts_chunks, monkeypatch):
+    from apollogan.models import gan
+
+    seen = []
+    ratio = gan.mode_seeking_ratio
+    monkeypatch.setattr(gan, "mode_seeking_ratio", lambda fake, z: seen.append(fake.shape) or ratio(fake, z))
+    out = train(tiny_cond(tmp_path, parts_chunks, "train.steps=1", "train.mode_seeking=0.1"), **QUIET)
+    assert [s[:2] for s in seen] == [(4, 1)]  # channel 0, the melody; the copied accompaniment is left out
+    assert 0 < out["ModeSeeking/ratio"] < float("inf")
+
+
 def test_generate_condition_writes_the_chords_unchanged_and_a_melody_over_the_whole_file(tmp_path, parts_chunks):
     from apollogan.generate import main as generate
 

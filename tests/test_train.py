@@ -57,6 +57,8 @@ def test_mode_seeking_changes_only_the_generator_step(tmp_path, chunks):
     plain = train(tiny(tmp_path / "a", chunks, "train.steps=1", "run.log_every=1"), **QUIET)
     ms = train(tiny(tmp_path / "b", chunks, "train.steps=1", "run.log_every=1", "train.mode_seeking=1"), **QUIET)
     assert "ModeSeeking/ratio" not in plain and 0 < ms["ModeSeeking/ratio"] < float("inf")
+    # the same G, D and noise before the G step: the loss differs by exactly + 1 / (ratio + 1e-5)
+    assert ms["Loss/G"] - plain["Loss/G"] == pytest.approx(1 / (ms["ModeSeeking/ratio"] + 1e-5), rel=1e-4)
     a, b = load_checkpoint(plain["checkpoint"])["modules"], load_checkpoint(ms["checkpoint"])["modules"]
     assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
     assert not all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])

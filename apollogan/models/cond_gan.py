@@ -128,7 +128,8 @@ class CondGAN(GANFamily):
 
         def make_fake(g_run, real, z):
             return self.over(g_run, real, z)
-        return gan_step(ctx, G, self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context, make_fake)
+        return gan_step(ctx, G, self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context, make_fake,
+                        drawn=slice(0, self.k))  # the copied accompaniment is not G's to vary
 
     def wants_real(self, **_) -> bool:
         return True

@@ -53,7 +53,7 @@ def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
-             make_fake=None) -> dict:
+             make_fake=None, drawn: slice = slice(None)) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
@@ -61,7 +61,8 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
     ``make_fake(g_run, real, z)``: the rolls D judges from noise ``z``, one per real window (default:
-    G(z); a conditional GAN puts its melody over the real window's accompaniment).
+    G(z); a conditional GAN puts its melody over the real window's accompaniment). ``drawn``: the
+    channels of those rolls that G draws, the ones the mode-seeking ratio compares.
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     if make_fake is None:
@@ -119,7 +120,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             if t.feature_matching > 0:
                 loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
             if t.mode_seeking > 0:
-                ratio = mode_seeking_ratio(fake.float(), z.float())
+                ratio = mode_seeking_ratio(fake[:, drawn].float(), z.float())
                 loss_g = loss_g + t.mode_seeking / (ratio + 1e-5)
                 out["ModeSeeking/ratio"] = ratio.detach()  # every step: logged figures are interval means
         loss_g.backward()
