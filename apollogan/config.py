@@ -116,7 +116,7 @@ FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae
 GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
 # train keys that only one kind of family reads: setting them for the other kind is refused
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
-                  "r1_every", "diffaug", "mode_seeking")
+                  "r1_every", "diffaug", "mode_seeking", "mode_seeking_on")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
 DIFFAUG = ("time", "pitch", "cutout")  # train.diffaug's changes (models/gan.py diff_augment)
 
@@ -143,6 +143,8 @@ class TrainConfig:
     # weight of a mode-seeking term in the generator loss (MSGAN: two samples must differ in proportion
     # to their noise; 0: off)
     mode_seeking: float = 0.0
+    # what the term compares with binary neurons: the 0/1 "rolls" D judges, or G's "probabilities" before them
+    mode_seeking_on: str = "rolls"
     ema_decay: float = 0.999
     lr_decay: float = 0.0  # the last fraction of the steps over which every learning rate falls linearly towards 0 (0: constant)
     seed: int = 0
@@ -197,6 +199,7 @@ CHOICES = {
     "model.g_upsample": ("transposed", "nearest"),
     "model.binary_grad": ("sigmoid", "identity"),
     "train.loss": ("bce", "hinge", "wgan-gp"),
+    "train.mode_seeking_on": ("rolls", "probabilities"),
     "train.amp": ("auto", "bf16", "off"),
 }
 
@@ -370,6 +373,9 @@ def validate(cfg: Config) -> None:
         raise UserError("train.mode_seeking: must be a finite number >= 0 (the term's weight; 0 is off)")
     if t.mode_seeking and t.batch_size < 2:
         raise UserError("train.mode_seeking: compares pairs of samples; train.batch_size must be at least 2")
+    if t.mode_seeking_on != "rolls" and (not t.mode_seeking or getattr(m, "binary", "none") == "none"):
+        raise UserError("train.mode_seeking_on: differs from rolls only with binary neurons; set train.mode_seeking "
+                        "and model.binary (dcgan) too")
     unknown = [p for p in t.diffaug.split(",") if p and p not in DIFFAUG]
     if unknown:
         raise UserError(f"train.diffaug: {unknown[0]!r} is not one of {', '.join(DIFFAUG)} (comma-separated)")

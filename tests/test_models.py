@@ -306,3 +306,22 @@ def test_mode_seeking_ratio_pairs_the_halves_and_pushes_samples_apart():
         load_config(None, ["train.mode_seeking=1", "train.batch_size=1"])
     with pytest.raises(UserError, match="train.mode_seeking: a GAN option"):
         load_config(None, ["model.family=lstm", "train.mode_seeking=1"])
+
+
+def test_generator_returns_the_probabilities_beside_its_binary_roll():
+    torch.manual_seed(0)
+    g = Generator(RollSpec(), 4, binary="deterministic").train()
+    z = g.noise(3)
+    out, p = g(z, probs=True)
+    assert torch.equal(out, (p >= 0.5).float()) and torch.equal(out, g(z))
+    assert ((p > 0) & (p < 1)).all() and not torch.equal(p, out)  # the sigmoid's values, not 0/1
+    pe, pe2 = g.eval()(z, probs=True)
+    assert torch.equal(pe, pe2) and not torch.equal(pe, (pe >= 0.5).float())  # no binary neurons in eval mode
+    for extra, msg in ((["train.mode_seeking=1"], "differs from rolls only with binary neurons"),
+                       (["model.binary=deterministic"], "differs from rolls only with binary neurons"),
+                       (["model.family=lstm_gan", "train.mode_seeking=1"], "differs from rolls only"),
+                       (["model.family=lstm", "train.mode_seeking=0"], "train.mode_seeking_on: a GAN option")):
+        with pytest.raises(UserError, match=msg):
+            load_config(None, ["train.mode_seeking_on=probabilities", *extra])
+    assert load_config(None, ["train.mode_seeking_on=probabilities", "train.mode_seeking=1",
+                              "model.binary=stochastic"]).train.mode_seeking_on == "probabilities"

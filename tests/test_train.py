@@ -64,6 +64,20 @@ def test_mode_seeking_changes_only_the_generator_step(tmp_path, chunks):
     assert not all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
 
 
+def test_mode_seeking_on_the_probabilities_or_the_binary_rolls(tmp_path, chunks, monkeypatch):
+    from apollogan.models import gan
+
+    seen = []
+    ratio = gan.mode_seeking_ratio
+    monkeypatch.setattr(gan, "mode_seeking_ratio", lambda fake, z: seen.append(fake.detach()) or ratio(fake, z))
+    for on in ("rolls", "probabilities"):
+        train(tiny(tmp_path / on, chunks, "train.steps=1", "model.binary=deterministic", "train.mode_seeking=1",
+                   f"train.mode_seeking_on={on}"), **QUIET)
+    rolls, probs = seen
+    assert set(rolls.unique().tolist()) == {0.0, 1.0}  # what D judges
+    assert torch.equal(rolls, (probs >= 0.5).float()) and ((probs > 0) & (probs < 1)).all()
+
+
 @pytest.mark.parametrize("extra", [[], ["train.loss=hinge", "model.d_norm=spectral", "train.feature_matching=0.5"],
                                    ["train.loss=wgan-gp", "model.d_norm=none", "train.d_steps=2"],
                                    ["train.diffaug=time,pitch,cutout", "train.feature_matching=0.5"],
@@ -198,8 +212,8 @@ def test_cli_dry_run_and_bad_key(tmp_path):
     r = run_module("apollogan.train", "--config", "configs/apollogan.yaml", "train.bogus=1")
     assert r.returncode == 2 and r.stderr.strip() == "error: train.bogus: unknown key (known in train: amp, " \
         "batch_size, beta1, beta2, channels_last, compile, d_steps, diffaug, ema_decay, feature_matching, gp_weight, " \
-        "grad_clip, label_smoothing, loss, lr, lr_d, lr_decay, lr_g, mode_seeking, r1, r1_every, seed, steps, " \
-        "time_limit)"
+        "grad_clip, label_smoothing, loss, lr, lr_d, lr_decay, lr_g, mode_seeking, mode_seeking_on, r1, r1_every, seed, " \
+        "steps, time_limit)"
 
 
 def test_two_process_ddp_on_cpu(tmp_path, chunks):

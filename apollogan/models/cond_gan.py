@@ -23,7 +23,7 @@ from torch import nn
 from ..spec import RollSpec
 from .common import batches
 from .dcgan import NOISE_HW, Discriminator, _doublings, _widths, init_weights
-from .gan import GANFamily, gan_step
+from .gan import GANFamily
 
 
 class ChordToneMap(nn.Module):
@@ -123,13 +123,9 @@ class CondGAN(GANFamily):
         cond = real[:, self.k:]
         return torch.cat([g_run(z, cond), cond.to(z.dtype)], 1)
 
-    def train_step(self, ctx) -> dict:
-        G = self.modules["G"]
-
-        def make_fake(g_run, real, z):
-            return self.over(g_run, real, z)
-        return gan_step(ctx, G, self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context, make_fake,
-                        drawn=slice(0, self.k))  # the copied accompaniment is not G's to vary
+    def make_fake(self, g_run, real, z):
+        fake = self.over(g_run, real, z)
+        return fake, fake[:, :self.k]  # the copied accompaniment is not G's to vary
 
     def wants_real(self, **_) -> bool:
         return True

@@ -77,8 +77,10 @@ class Generator(nn.Module):
         shape = (batch, self.noise_dim) if self.project is not None else (batch, *self.noise_shape)
         return torch.randn(shape, generator=generator, device=device)
 
-    def forward(self, z: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        """Probabilities [B, C, P, T], or their logits (for a likelihood loss, as the autoencoders use)."""
+    def forward(self, z: torch.Tensor, logits: bool = False, probs: bool = False):
+        """Probabilities [B, C, P, T], or their logits (for a likelihood loss, as the autoencoders use).
+
+        ``probs``: (the output, the probabilities), which differ in training with binary neurons."""
         if self.project is not None:
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
@@ -92,7 +94,7 @@ class Generator(nn.Module):
             return raw
         p = self.net[-1](raw)
         if self.binary == "none" or not self.training:
-            return p  # in eval mode binary neurons give their probabilities; sampling binarises them
+            return (p, p) if probs else p  # in eval mode binary neurons give their probabilities; sampling binarises them
         if self.binary == "deterministic":
             hard = p >= 0.5
         else:  # one draw per held column, so a held column stays held
@@ -100,7 +102,8 @@ class Generator(nn.Module):
         # forward: 0/1; backward: the sigmoid's gradient, or the output's gradient as it is to the logits
         # (plain straight-through: it does not vanish where the sigmoid saturates)
         soft = raw if self.binary_grad == "identity" else p
-        return hard.to(p.dtype) + (soft - soft.detach())
+        out = hard.to(p.dtype) + (soft - soft.detach())
+        return (out, p) if probs else out
 
 
 class Discriminator(nn.Module):
@@ -247,3 +250,8 @@ class DCGAN(GANFamily):
         super().__init__(spec, cfg)
         G, D = build_models(spec, cfg.model)
         self.modules = {"G": G, "D": D}
+
+    def make_fake(self, g_run, real, z):
+        if self.cfg.train.mode_seeking_on == "probabilities":
+            return g_run(z, probs=True)  # the ratio on the probabilities before the binary neurons
+        return super().make_fake(g_run, real, z)

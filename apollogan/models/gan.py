@@ -53,21 +53,21 @@ def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
-             make_fake=None, drawn: slice = slice(None)) -> dict:
+             make_fake=None) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
     forward followed by its own backward, as DDP needs. ``freeze_d``: D's weights need no
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
-    ``make_fake(g_run, real, z)``: the rolls D judges from noise ``z``, one per real window (default:
-    G(z); a conditional GAN puts its melody over the real window's accompaniment). ``drawn``: the
-    channels of those rolls that G draws, the ones the mode-seeking ratio compares.
+    ``make_fake(g_run, real, z)``: (the rolls D judges from noise ``z``, one per real window; what
+    of them the mode-seeking ratio compares). Default: G(z) twice; see ``GANFamily.make_fake``.
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     if make_fake is None:
         def make_fake(g_run, real, z):
-            return g_run(z)
+            fake = g_run(z)
+            return fake, fake
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
     policy = tuple(filter(None, t.diffaug.split(",")))
 
@@ -77,7 +77,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     for k in range(t.d_steps):
         real = ctx.real_batch()
         with torch.no_grad(), ctx.autocast():
-            fake = make_fake(g_run, real, G.noise(real.shape[0], ctx.generator, ctx.device)).float()
+            fake = make_fake(g_run, real, G.noise(real.shape[0], ctx.generator, ctx.device))[0].float()
         opt_d.zero_grad(set_to_none=True)
         with ctx.autocast():
             real_logits = d_run(aug(real)).float()
@@ -108,7 +108,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     try:
         with ctx.autocast():
             z = G.noise(real.shape[0], ctx.generator, ctx.device)
-            fake = make_fake(g_run, real, z)  # over the last D batch's accompaniment when conditional
+            fake, varied = make_fake(g_run, real, z)  # over the last D batch's accompaniment when conditional
             with ctx.no_sync("D"):
                 if t.feature_matching > 0:
                     fake_logits_g, f_fake = d_run(aug(fake.float().contiguous(memory_format=ctx.fmt)), features=True)
@@ -120,7 +120,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
             if t.feature_matching > 0:
                 loss_g = loss_g + t.feature_matching * feature_matching(f_real.float(), f_fake.float())
             if t.mode_seeking > 0:
-                ratio = mode_seeking_ratio(fake[:, drawn].float(), z.float())
+                ratio = mode_seeking_ratio(varied.float(), z.float())
                 loss_g = loss_g + t.mode_seeking / (ratio + 1e-5)
                 out["ModeSeeking/ratio"] = ratio.detach()  # every step: logged figures are interval means
         loss_g.backward()
@@ -158,8 +158,14 @@ class GANFamily:
         return {"G": torch.optim.Adam(self.modules["G"].parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
                 "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
 
+    def make_fake(self, g_run, real, z):
+        """(the rolls D judges, made from noise ``z``; what of them the mode-seeking ratio compares)."""
+        fake = g_run(z)
+        return fake, fake
+
     def train_step(self, ctx: StepContext) -> dict:
-        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context)
+        return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context,
+                        self.make_fake)
 
     def describe(self) -> str:
         return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"
