@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -285,26 +286,36 @@ def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, da
     return f"{ckpt.get('run_name') or where} ({family.name})", rolls, other
 
 
-def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
+def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list, list]:
     """Every MIDI (or pianoroll .npz) file below ``folder`` as non-overlapping windows of the spec; bad files
-    named and skipped."""
+    named and skipped. Files whose names differ only in their suffix count once, the first that encodes in
+    name order (x.mid before x.npz): `generate --format mid npz` writes every sample twice, and scoring
+    both would weigh it double and pair it with its own copy. Returns the rolls, their bar lengths, the
+    skipped files with reasons, and the twins left out."""
     files = find_midi_files([folder])
     if not files:
         raise UserError(f"{folder}: no MIDI (.mid, .midi, .kar) or .npz files")
     opt = WindowOptions(hop=spec.steps, min_cells=1)
-    rolls, bars, skipped = [], [], []
+    rolls, bars, skipped, twins, encoded = [], [], [], [], set()
     c, p, t = spec.shape
     for i, f in enumerate(tqdm(files, desc="encode", unit="file", disable=not progress, file=sys.stderr)):
+        if os.path.splitext(f)[0] in encoded:
+            twins.append(f)
+            continue
         res = convert_file(f, i, "val", spec, opt)
-        if res.error:
+        if res.error:  # a broken MIDI file leaves its .npz twin in
             skipped.append({"path": str(f), "reason": res.error})
             print(f"skip {f}: {res.error}", file=sys.stderr)
             continue
+        encoded.add(os.path.splitext(f)[0])
         rolls.append(np.unpackbits(res.packed, axis=1, count=c * p * t).reshape(-1, c, p, t))
         bars.append(steps_per_bar(res.records["ts_num"], res.records["ts_den"], spec.steps_per_beat))
     if not rolls:
         raise UserError(f"{folder}: no file could be encoded ({len(skipped)} skipped)")
-    return np.concatenate(rolls), np.concatenate(bars), skipped
+    if twins:
+        print(f"left out {len(twins)} file(s) named like a scored one, such as {twins[0]}: each tune scored once",
+              file=sys.stderr)
+    return np.concatenate(rolls), np.concatenate(bars), skipped, twins
 
 
 def markdown(result: dict) -> str:
@@ -335,6 +346,9 @@ def markdown(result: dict) -> str:
         v = dict(result["validation"])
         lines += ["", f"the model's own figures on {v.pop('windows')} validation windows: " +
                   ", ".join(f"{k.split('/')[-1]} {x:.4f}" for k, x in v.items())]
+    if result.get("twins_left_out"):
+        lines += ["", f"left out {len(result['twins_left_out'])} file(s) named like a scored one (x.npz beside "
+                      "x.mid): each tune scored once"]
     if result.get("skipped"):
         lines += ["", f"skipped {len(result['skipped'])} file(s): " +
                   "; ".join(f"{s['path']}: {s['reason']}" for s in result["skipped"])]
@@ -430,11 +444,13 @@ def main(argv=None) -> int:
                             "as they are")
         root = a.data or Path("chunks/nottingham")
         spec = ShardSet(root, "val", verify=False).spec
-        rolls, bar, skipped = encode_midi_folder(a.midi, spec)
+        rolls, bar, skipped, twins = encode_midi_folder(a.midi, spec)
         source = str(a.midi)
     result = {"source": source, "family": family_name, "data": str(root),
               **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter, device=device)}
     result["skipped"] = skipped
+    if twins:
+        result["twins_left_out"] = twins
     if cond:
         result["conditioning"] = cond
     if validation:

@@ -3,15 +3,18 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pypianoroll
 import pytest
-from conftest import NOTTINGHAM, REPO
+from conftest import NOTTINGHAM, REPO, scale_tune, write_midi
 
 from apollogan.cli import find_midi_files
 from apollogan.evaluate import (
     compare,
+    encode_midi_folder,
     evaluate_rolls,
     ks_statistic,
     markdown,
@@ -123,6 +126,10 @@ def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tm
     d.mkdir()
     for f in map(Path, find_midi_files([NOTTINGHAM])[200:205]):
         (d / f.name).write_bytes(f.read_bytes())
+    first = sorted(d.glob("*.mid"))[0]
+    with warnings.catch_warnings():  # pretty_midi's note on the file's meta events in track 1
+        warnings.simplefilter("ignore")
+        pypianoroll.read(first, resolution=24).save(first.with_suffix(".npz"))  # its twin: scored once
     (d / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
     out = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
@@ -131,10 +138,30 @@ def test_evaluate_midi_folder_scores_good_files_and_names_the_bad_one(chunks, tm
     assert "Traceback" not in r.stderr and "broken.mid" in r.stderr
     res = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert [s["path"].split("/")[-1] for s in res["skipped"]] == ["broken.mid"]
+    assert res["twins_left_out"] == [str(first.with_suffix(".npz"))] and "left out 1 file(s)" in r.stdout
     assert res["samples"] > 5 and set(res["metrics"]) == set(METRICS)
     assert "| pitch_range |" in r.stdout and "memorisation" in r.stdout
     # held-out real tunes are near the real reference
     assert res["overall"] < 0.6 and res["memorisation"]["above_0.95"] < 0.5
+
+
+def test_a_tune_as_midi_and_npz_is_scored_once_and_a_broken_midi_leaves_its_npz_in(tmp_path, capsys):
+    # a.mid (2 windows) beside an a.npz of another tune (1 window), b.npz alone (1), c.mid broken beside
+    # c.npz (3): keeping the .npz twin would give 5 windows, scoring both 7, dropping c.npz with c.mid 3
+    def npz(beats, path):
+        write_midi(tmp_path / "src.mid", scale_tune(beats))
+        pypianoroll.read(tmp_path / "src.mid", resolution=24).save(path)
+    d = tmp_path / "out"
+    d.mkdir()
+    write_midi(d / "a.mid", scale_tune(128))
+    npz(64, d / "a.npz")
+    npz(64, d / "b.npz")
+    (d / "c.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
+    npz(192, d / "c.npz")
+    rolls, bars, skipped, twins = encode_midi_folder(d, RollSpec(), progress=False)
+    assert len(rolls) == len(bars) == 6
+    assert [Path(s["path"]).name for s in skipped] == ["c.mid"] and twins == [str(d / "a.npz")]
+    assert f"left out 1 file(s) named like a scored one, such as {d / 'a.npz'}" in capsys.readouterr().err
 
 
 def test_evaluate_errors_are_one_line(tmp_path, chunks):
