@@ -399,7 +399,7 @@ def main(argv=None) -> int:
         num, den = meter_of(a.meter)
     except ValueError:
         raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
-    skipped, validation, family_name, cond, meter = [], None, None, None, None
+    skipped, twins, validation, family_name, cond, meter = [], [], None, None, None, None
     from .generate import pick_device
 
     device = pick_device(a.device)
