@@ -58,6 +58,12 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     return path
 
 
+def too_alike(pair_iou: float, real_pair_iou: float, k: float) -> bool:
+    """best.pt passes over a step whose samples are more than k times as alike (pair IoU) as real windows
+    (k = 0: never); docs/ablations.md, round 9."""
+    return bool(k) and pair_iou > k * real_pair_iou
+
+
 def save_best(state: dict, ckpt_dir: Path) -> Path:
     """Write best.pt atomically: the checkpoint whose training-time overall figure is the lowest so far."""
     ckpt_dir = Path(ckpt_dir)

@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint
+from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint, too_alike
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
@@ -445,8 +445,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                         (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
                     final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
                     overall = final.get("Metrics/overall", float("nan"))
-                    k = cfg.run.best_pair_iou  # samples more alike than k times real windows come last
-                    alike = bool(k) and final.get("Metrics/pair_iou", 0.0) > k * final.get("Metrics/pair_iou/real", 0.0)
+                    alike = too_alike(final.get("Metrics/pair_iou", 0.0), final.get("Metrics/pair_iou/real", 0.0),
+                                      cfg.run.best_pair_iou)  # such steps come after every other
                     # main rank only (it alone scores), so no collective here: its own losses judge finiteness
                     if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (best is None or (
                             alike, overall) < (best.get("alike", False), best["overall"])) and int(first_bad) < 0:

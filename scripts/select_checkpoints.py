@@ -29,6 +29,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from apollogan.checkpoint import too_alike
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,7 +70,7 @@ def scored(ckpt: Path, num: int) -> dict:
 
 def choose(train: dict[int, dict], steps: list[int], k: float) -> dict[str, int]:
     best = min(steps, key=lambda s: train[s]["overall"])
-    ok = [s for s in steps if train[s]["pair_iou"] <= k * train[s]["real_pair_iou"]]
+    ok = [s for s in steps if not too_alike(train[s]["pair_iou"], train[s]["real_pair_iou"], k)]
     return {"last": max(steps), "best": best, "rule": min(ok, key=lambda s: train[s]["overall"]) if ok else best}
 
 
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     real = statistics.mean(f["real_pair_iou"] for fs in picks.values() for f in fs)
     print(f"\nreal pair IoU {real:.3f}; limit k = {a.k:g}")
     for c, fs in picks.items():
-        over = sum(f["pair_iou"] > a.k * f["real_pair_iou"] for f in fs)
+        over = sum(too_alike(f["pair_iou"], f["real_pair_iou"], a.k) for f in fs)
         print(f"{c}: mean overall {statistics.mean(f['overall'] for f in fs):.3f} over {len(fs)} runs, "
               f"{over} with pair IoU above {a.k:g}x real")
     return 0

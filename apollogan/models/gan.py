@@ -52,8 +52,14 @@ def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (fake[:h] - fake[h:2 * h]).abs().mean() / (z[:h] - z[h:2 * h]).abs().mean()
 
 
+def g_on_noise(g_run, real, z):
+    """The default ``make_fake``: G(z), all of it compared by the mode-seeking ratio."""
+    fake = g_run(z)
+    return fake, fake
+
+
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
-             make_fake=None) -> dict:
+             make_fake=g_on_noise) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
@@ -61,13 +67,9 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     gradients in the generator step (scripts/bench_train.py --freeze-compare times both).
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
     ``make_fake(g_run, real, z)``: (the rolls D judges from noise ``z``, one per real window; what
-    of them the mode-seeking ratio compares). Default: G(z) twice; see ``GANFamily.make_fake``.
+    of them the mode-seeking ratio compares); families override ``GANFamily.make_fake``.
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
-    if make_fake is None:
-        def make_fake(g_run, real, z):
-            fake = g_run(z)
-            return fake, fake
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
     policy = tuple(filter(None, t.diffaug.split(",")))
 
@@ -158,10 +160,7 @@ class GANFamily:
         return {"G": torch.optim.Adam(self.modules["G"].parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
                 "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
 
-    def make_fake(self, g_run, real, z):
-        """(the rolls D judges, made from noise ``z``; what of them the mode-seeking ratio compares)."""
-        fake = g_run(z)
-        return fake, fake
+    make_fake = staticmethod(g_on_noise)  # (the rolls D judges from noise z; what the mode-seeking ratio compares)
 
     def train_step(self, ctx: StepContext) -> dict:
         return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context,
