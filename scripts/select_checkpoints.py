@@ -2,6 +2,7 @@
 
     python -m apollogan.ablate configs/ablations/quick-select.yaml --jobs 2
     python scripts/select_checkpoints.py quick-select --k 3 --num 1000
+    python scripts/select_checkpoints.py quick-long --curve
 
 For every run of an ablation (runs/ablations/NAME/RUN, checkpoints/ablations/NAME/RUN) it reads
 the training-time figures logged to TensorBoard at each kept checkpoint (``Metrics/overall`` and
@@ -13,6 +14,10 @@ per run and as means, the figures of three choices:
 - ``best``: the lowest training-time overall figure (what training writes as best.pt);
 - ``rule``: the lowest training-time overall figure among the checkpoints whose training-time
   pair IoU is at most K times the real windows' (``best`` when none is).
+
+With ``--curve`` it scores every kept checkpoint instead and prints, per step, each run's
+1,000-sample overall figure (pair IoU) and their mean over the runs: how a preset's runs go on
+with more steps (round 12, ``quick-long``).
 
 Each checkpoint's scores are cached as JSON beside it (``step-NNNNNNN.eval-N.json``), so a second
 call only prints. Both rules choose on the validation windows the checkpoints are then scored
@@ -74,6 +79,29 @@ def choose(train: dict[int, dict], steps: list[int], k: float) -> dict[str, int]
     return {"last": max(steps), "best": best, "rule": min(ok, key=lambda s: train[s]["overall"]) if ok else best}
 
 
+def curve(runs: list[Path], ckpt_root: Path, num: int, k: float) -> int:
+    """Every kept checkpoint of every run scored; a table of runs x steps and the mean per step."""
+    table: dict[str, dict[int, dict]] = {}
+    for run in runs:
+        kept = {int(p.stem.split("-")[1]): p for p in (ckpt_root / run.name).glob("step-*.pt")}
+        for s in sorted(kept):
+            print(f"{run.name}: scoring step {s}", file=sys.stderr)
+            table.setdefault(run.name, {})[s] = scored(kept[s], num)
+    steps = sorted({s for figs in table.values() for s in figs})
+    print("| run | " + " | ".join(f"step {s}" for s in steps) + " |")
+    print("| --- |" + " --- |" * len(steps))
+    for name, figs in table.items():
+        print(f"| {name} | " + " | ".join(f"{figs[s]['overall']:.2f} ({figs[s]['pair_iou']:.2f})" if s in figs else "-"
+                                          for s in steps) + " |")
+    means = []
+    for s in steps:
+        fs = [figs[s] for figs in table.values() if s in figs]
+        over = sum(too_alike(f["pair_iou"], f["real_pair_iou"], k) for f in fs)
+        means.append(f"{statistics.mean(f['overall'] for f in fs):.2f} ({over} of {len(fs)} above {k:g}x)")
+    print("| mean (runs with pair IoU above the limit) | " + " | ".join(means) + " |")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python scripts/select_checkpoints.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,12 +110,15 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=1000, help="samples per checkpoint evaluation (default 1000)")
     ap.add_argument("--runs", default="runs", type=Path, help="runs folder (default runs)")
     ap.add_argument("--checkpoints", default="checkpoints", type=Path, help="checkpoints folder (default checkpoints)")
+    ap.add_argument("--curve", action="store_true", help="score every kept checkpoint and print the figures per step")
     a = ap.parse_args(argv)
     runs = sorted((a.runs / "ablations" / a.ablation).glob("*-s*"), key=lambda p: (
         re.sub(r"-s\d+$", "", p.name), int(p.name.rsplit("-s", 1)[1])))
     runs = [r for r in runs if r.is_dir()]
     if not runs:
         raise SystemExit(f"{a.runs / 'ablations' / a.ablation}: no runs")
+    if a.curve:
+        return curve(runs, a.checkpoints / "ablations" / a.ablation, a.num, a.k)
     print("| run | checkpoints: step overall (pair IoU), training-time | last | best.pt | rule |")
     print("| --- | --- | --- | --- | --- |")
     picks = {c: [] for c in ("last", "best", "rule")}
