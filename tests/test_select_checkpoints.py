@@ -1,0 +1,44 @@
+"""scripts/select_checkpoints.py --curve: every kept checkpoint's cached scores, as a table per step."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "select_checkpoints.py"
+
+
+@pytest.fixture
+def select():
+    spec = importlib.util.spec_from_file_location("select_checkpoints", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _kept(ckpt_dir: Path, step: int, overall: float, pair: float, real_pair: float = 0.2) -> None:
+    """A kept checkpoint whose 1,000-sample scores are already cached beside it (so nothing is evaluated)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / f"step-{step:07d}.pt").write_bytes(b"")
+    (ckpt_dir / f"step-{step:07d}.eval-1000.json").write_text(json.dumps({
+        "overall": overall, "diversity": {"generated_pair_iou": pair, "real_pair_iou": real_pair},
+        "metrics": {"note_density": {"generated_mean": 0.05}}}))
+
+
+def test_curve_prints_each_run_per_step_and_the_mean_with_the_alike_runs_counted(select, tmp_path, capsys):
+    runs, ckpts = tmp_path / "runs", tmp_path / "checkpoints"
+    for run in ("preset-s0", "preset-s1", "preset-s10"):
+        (runs / "ablations" / "long" / run).mkdir(parents=True)
+    _kept(ckpts / "ablations" / "long" / "preset-s0", 250, 3.0, 0.9)  # too alike: 0.9 > 3 x 0.2
+    _kept(ckpts / "ablations" / "long" / "preset-s0", 500, 1.0, 0.1)
+    _kept(ckpts / "ablations" / "long" / "preset-s1", 250, 5.0, 0.1)
+    _kept(ckpts / "ablations" / "long" / "preset-s1", 500, 2.0, 0.7)  # too alike
+    _kept(ckpts / "ablations" / "long" / "preset-s10", 250, 1.0, 0.5)  # no step 500: shown as "-"
+    assert select.main(["long", "--curve", "--runs", str(runs), "--checkpoints", str(ckpts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | step 250 | step 500 |"
+    # runs in seed order (s10 after s1), each run's figure and pair IoU per step
+    assert lines[2:5] == ["| preset-s0 | 3.00 (0.90) | 1.00 (0.10) |", "| preset-s1 | 5.00 (0.10) | 2.00 (0.70) |",
+                          "| preset-s10 | 1.00 (0.50) | - |"]
+    # step 250: (3 + 5 + 1) / 3 with one run alike; step 500: (1 + 2) / 2 with one
+    assert lines[5] == ("| mean (runs with pair IoU above the limit) | 3.00 (1 of 3 above 3x) | 1.50 (1 of 2 above 3x) |")
