@@ -50,6 +50,8 @@ class DCGANConfig:
     g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
     # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it (an onset
     # channel is on at a held column's first step only)
+    g_key: bool = False  # G adds a per-sample bias to each of the 12 pitch classes (from the noise by one
+    # linear layer, zero at the start), the same in every octave and step: one place to hold a window's key
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed

@@ -325,3 +325,30 @@ def test_generator_returns_the_probabilities_beside_its_binary_roll():
             load_config(None, ["train.mode_seeking_on=probabilities", *extra])
     assert load_config(None, ["train.mode_seeking_on=probabilities", "train.mode_seeking=1",
                               "model.binary=stochastic"]).train.mode_seeking_on == "probabilities"
+
+
+def test_key_bias_moves_every_row_of_its_pitch_class_and_no_other():
+    torch.manual_seed(0)
+    spec = RollSpec()  # row p is MIDI pitch 30 + p: C# (pitch class 1) is rows 7, 19, 31, 43, 55
+    g, _ = build_models(spec, ModelConfig(width=4, g_upsample="nearest", g_hold=2, g_key=True))
+    plain = Generator(spec, 4, upsample="nearest", hold=2)
+    plain.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith("key.")})
+    z = g.noise(3)
+    assert g.key.weight.abs().sum() == 0  # zero at the start: the same logits as G without it
+    assert torch.equal(g(z, logits=True), plain(z, logits=True))
+    with torch.no_grad():
+        g.key.bias[1] = 4.0
+        g.key.weight[11, 0] = 1.0  # pitch class B (rows 5, 17, ...) by the first noise value of each sample
+    diff = g(z, logits=True) - plain(z, logits=True)
+    rows = torch.zeros(64, dtype=torch.bool)
+    rows[[7, 19, 31, 43, 55]] = True
+    assert torch.allclose(diff[:, :, rows], torch.full_like(diff[:, :, rows], 4.0))
+    b_rows = torch.arange(64) % 12 == 5
+    expected = z.flatten(1)[:, 0].view(3, 1, 1, 1).expand_as(diff[:, :, b_rows])
+    assert torch.allclose(diff[:, :, b_rows], expected, atol=1e-6)  # per sample, the same at every step
+    assert diff[:, :, ~(rows | b_rows)].abs().max() == 0
+    out = g.train()(z)
+    out.sum().backward()
+    assert g.key.weight.grad[11].abs().sum() > 0  # trained through the binary neurons like the rest
+    assert "key.weight" in g.state_dict() and "key.weight" not in plain.state_dict()
+    assert load_config(None, ["model.g_key=true"]).model.g_key is True

@@ -3,7 +3,8 @@
 Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d -> d -> C, sigmoid
                (optionally binary neurons in training: model.binary; or nearest-neighbour
                upsampling then 3x3 convs: model.g_upsample=nearest; optionally drawing one column
-               per 2 or 4 steps and holding it: model.g_hold).
+               per 2 or 4 steps and holding it: model.g_hold; optionally a per-sample bias on
+               each of the 12 pitch classes, the same in every octave and step: model.g_key).
 Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
 The number of layers follows from the roll shape and the noise shape (64 x 256 from 2 x 8 is
 five doublings); every derived size is computed, never hard-coded.
@@ -40,7 +41,7 @@ def _widths(width: int, n: int) -> list[int]:
 class Generator(nn.Module):
     def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
                  noise_dim: int = 100, binary: str = "none", upsample: str = "transposed", hold: int = 1,
-                 binary_grad: str = "sigmoid"):
+                 binary_grad: str = "sigmoid", key: bool = False):
         super().__init__()
         self.binary, self.hold, self.binary_grad = binary, hold, binary_grad
         n = _doublings(spec)
@@ -55,6 +56,11 @@ class Generator(nn.Module):
         self.register_buffer("onset_off", off, persistent=False)
         self.noise_shape = (noise_channels, *NOISE_HW)
         self.out_shape = spec.shape
+        # A window's key in one place: 12 logit biases from the noise, each added to every row of its
+        # pitch class, so a sample can hold off-scale pitch classes down in all octaves at once.
+        self.key = nn.Linear(math.prod(self.noise_shape), 12) if key else None
+        self.register_buffer("pitch_class", (spec.low + torch.arange(spec.pitches)) % 12 if key else None,
+                             persistent=False)
         self.noise_dim = noise_dim if noise == "flat" else None
         # flat noise: a vector mapped linearly onto the [7, 2, 8] grid
         self.project = nn.Linear(noise_dim, math.prod(self.noise_shape)) if noise == "flat" else None
@@ -86,6 +92,8 @@ class Generator(nn.Module):
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
         raw = self.net[:-1](z)
+        if self.key is not None:
+            raw = raw + self.key(z.flatten(1))[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
         if self.hold > 1:
             raw = raw.repeat_interleave(self.hold, dim=-1)
         if self.onset_off is not None:
@@ -233,11 +241,13 @@ def init_weights(m: nn.Module) -> None:
 
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
-                  cfg.g_hold, cfg.binary_grad)
+                  cfg.g_hold, cfg.binary_grad, cfg.g_key)
     d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm, mbstd=cfg.d_mbstd,
                       chroma=cfg.d_chroma)
     g.apply(init_weights)
     d.apply(init_weights)
+    if g.key is not None:
+        nn.init.zeros_(g.key.weight)  # no key bias at the start: G begins as it would without it
     return g, d
 
 
