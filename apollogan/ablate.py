@@ -50,7 +50,7 @@ from .config import load_config
 from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import read_manifest
 
-FILE_KEYS = {"base", "seeds", "steps", "overrides", "grid", "variants", "evaluate", "description"}
+FILE_KEYS = {"base", "seeds", "first_seed", "steps", "overrides", "grid", "variants", "evaluate", "description"}
 EVALUATE_KEYS = {"num", "seed", "args"}
 NO_DECIMALS = ("steps", "wall_s", "samples_per_s")
 
@@ -181,13 +181,14 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
         raise UserError(f"{path}: evaluate: expected a mapping with num, seed and/or args")
     n_seeds = seeds if seeds is not None else doc.get("seeds", 1)
     n_steps = doc.get("steps")
-    for key, v, low in (("seeds", n_seeds, 1), ("steps", n_steps, 1), ("evaluate.num", ev.get("num", 1000), 1),
-                        ("evaluate.seed", ev.get("seed", 0), 0)):
+    first = doc.get("first_seed", 0)  # fresh seeds for a confirmation round: first_seed, first_seed + 1, ...
+    for key, v, low in (("seeds", n_seeds, 1), ("first_seed", first, 0), ("steps", n_steps, 1),
+                        ("evaluate.num", ev.get("num", 1000), 1), ("evaluate.seed", ev.get("seed", 0), 0)):
         if (v is not None or key != "steps") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
             raise UserError(f"{path}: {key}: expected an integer >= {low}, got {v!r}")
     if not isinstance(ev.get("args", []), list) or not all(isinstance(x, str) for x in ev.get("args", [])):
         raise UserError(f"{path}: evaluate.args: expected a list of evaluate arguments, for example [--bernoulli]")
-    return Ablation(name=_slug(Path(path).stem), base=str(base), cells=cells, seeds=list(range(n_seeds)),
+    return Ablation(name=_slug(Path(path).stem), base=str(base), cells=cells, seeds=list(range(first, first + n_seeds)),
                     steps=n_steps, cli_steps=steps, overrides=_overrides(f"{path}: overrides", doc.get("overrides") or []),
                     eval_num=ev.get("num", 1000), eval_seed=ev.get("seed", 0),
                     eval_args=[str(x) for x in ev.get("args", [])], description=str(doc.get("description", "")))

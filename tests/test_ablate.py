@@ -52,6 +52,12 @@ variants:
     f2 = write(tmp_path / "steps.yaml", "base: configs/quick.yaml\nsteps: 50\nvariants: {a: [], b: [train.steps=70]}\n")
     assert [j.steps for j in plan(load_ablation(f2), build_data=False)] == [50, 70]  # a cell's own budget wins
     assert [j.steps for j in plan(load_ablation(f2, steps=9), build_data=False)] == [9, 9]  # --steps beats both
+    f3 = write(tmp_path / "fresh.yaml", "base: configs/quick.yaml\nseeds: 2\nfirst_seed: 10\nvariants: {a: []}\n")
+    fresh = plan(load_ablation(f3), build_data=False)
+    assert [(j.seed, j.run) for j in fresh] == [(10, "a-s10"), (11, "a-s11")] and "train.seed=11" in fresh[1].train_cmd
+    assert load_ablation(f3, seeds=3).seeds == [10, 11, 12]  # --seeds counts from first_seed
+    with pytest.raises(UserError, match="first_seed: expected an integer >= 0, got -1"):
+        load_ablation(write(tmp_path / "neg.yaml", "base: configs/quick.yaml\nfirst_seed: -1\n"))
     assert j.run == f"{cell.name}-s0" and "--bernoulli" in j.eval_cmd
     assert j.train_cmd[:4] == ["python", "-m", "apollogan.train", "--config"]
     assert Path(j.train_cmd[4]).resolve() == REPO / "configs" / "quick.yaml"
