@@ -511,8 +511,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m apollogan.ablate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", type=Path, help="ablation file, for example configs/ablations/loss.yaml")
-    ap.add_argument("--seeds", type=int, help="seeds per cell: K of them from the file's first_seed (default 0) "
-                                              "(default: the file's seeds, else 1)")
+    ap.add_argument("--seeds", type=int, help="seeds per cell, counted from the file's first_seed (0 unless "
+                                              "set); default: the file's seeds, else 1")
     ap.add_argument("--steps", type=int, help="training steps of every run (default: the file's, else the base preset's)")
     ap.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
                     help="local: subprocesses on this machine; slurm: a Slurm job array through submitit; "

@@ -16,7 +16,7 @@ per run and as means, the figures of three choices:
   pair IoU is at most K times the real windows' (``best`` when none is).
 
 With ``--curve`` it scores every kept checkpoint instead and prints, per step, each run's
-1,000-sample overall figure (pair IoU) and their mean over the runs: how a preset's runs go on
+1,000-sample overall figure (pair IoU) and, per cell, their mean over its runs: how a preset's runs go on
 with more steps (round 12, ``quick-long``).
 
 Each checkpoint's scores are cached as JSON beside it (``step-NNNNNNN.eval-N.json``), so a second
@@ -80,10 +80,12 @@ def choose(train: dict[int, dict], steps: list[int], k: float) -> dict[str, int]
 
 
 def curve(runs: list[Path], ckpt_root: Path, num: int, k: float) -> int:
-    """Every kept checkpoint of every run scored; a table of runs x steps and the mean per step."""
+    """Every kept checkpoint of every run scored; a table of runs x steps and each cell's mean per step."""
     table: dict[str, dict[int, dict]] = {}
     for run in runs:
         kept = {int(p.stem.split("-")[1]): p for p in (ckpt_root / run.name).glob("step-*.pt")}
+        if not kept:
+            print(f"{run.name}: no kept checkpoint in {ckpt_root / run.name}; left out", file=sys.stderr)
         for s in sorted(kept):
             print(f"{run.name}: scoring step {s}", file=sys.stderr)
             table.setdefault(run.name, {})[s] = scored(kept[s], num)
@@ -93,12 +95,15 @@ def curve(runs: list[Path], ckpt_root: Path, num: int, k: float) -> int:
     for name, figs in table.items():
         print(f"| {name} | " + " | ".join(f"{figs[s]['overall']:.2f} ({figs[s]['pair_iou']:.2f})" if s in figs else "-"
                                           for s in steps) + " |")
-    means = []
-    for s in steps:
-        fs = [figs[s] for figs in table.values() if s in figs]
-        over = sum(too_alike(f["pair_iou"], f["real_pair_iou"], k) for f in fs)
-        means.append(f"{statistics.mean(f['overall'] for f in fs):.2f} ({over} of {len(fs)} above {k:g}x)")
-    print("| mean (runs with pair IoU above the limit) | " + " | ".join(means) + " |")
+    for cell in dict.fromkeys(re.sub(r"-s\d+$", "", name) for name in table):  # one mean row per cell
+        figs_of = [figs for name, figs in table.items() if re.sub(r"-s\d+$", "", name) == cell]
+        means = []
+        for s in steps:
+            fs = [figs[s] for figs in figs_of if s in figs]
+            over = sum(too_alike(f["pair_iou"], f["real_pair_iou"], k) for f in fs)
+            means.append(f"{statistics.mean(f['overall'] for f in fs):.2f} ({over} of {len(fs)} above {k:g}x)" if fs
+                         else "-")
+        print(f"| mean of {cell} (runs with pair IoU above the limit) | " + " | ".join(means) + " |")
     return 0
 
 

@@ -330,8 +330,8 @@ def test_generator_returns_the_probabilities_beside_its_binary_roll():
 def test_key_bias_moves_every_row_of_its_pitch_class_and_no_other():
     torch.manual_seed(0)
     spec = RollSpec()  # row p is MIDI pitch 30 + p: C# (pitch class 1) is rows 7, 19, 31, 43, 55
-    g, _ = build_models(spec, ModelConfig(width=4, g_upsample="nearest", g_hold=2, g_key=True))
-    plain = Generator(spec, 4, upsample="nearest", hold=2)
+    g, _ = build_models(spec, ModelConfig(width=4, g_upsample="nearest", g_hold=2, g_key=True, binary="deterministic"))
+    plain = Generator(spec, 4, binary="deterministic", upsample="nearest", hold=2)
     plain.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith("key.")})
     z = g.noise(3)
     assert g.key.weight.abs().sum() == 0  # zero at the start: the same logits as G without it
@@ -348,6 +348,7 @@ def test_key_bias_moves_every_row_of_its_pitch_class_and_no_other():
     assert torch.allclose(diff[:, :, b_rows], expected, atol=1e-6)  # per sample, the same at every step
     assert diff[:, :, ~(rows | b_rows)].abs().max() == 0
     out = g.train()(z)
+    assert set(out.unique().tolist()) == {0.0, 1.0}
     out.sum().backward()
     assert g.key.weight.grad[11].abs().sum() > 0  # trained through the binary neurons like the rest
     assert "key.weight" in g.state_dict() and "key.weight" not in plain.state_dict()

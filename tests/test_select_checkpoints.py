@@ -27,18 +27,23 @@ def _kept(ckpt_dir: Path, step: int, overall: float, pair: float, real_pair: flo
 
 def test_curve_prints_each_run_per_step_and_the_mean_with_the_alike_runs_counted(select, tmp_path, capsys):
     runs, ckpts = tmp_path / "runs", tmp_path / "checkpoints"
-    for run in ("preset-s0", "preset-s1", "preset-s10"):
+    for run in ("preset-s0", "preset-s1", "preset-s10", "other-s0", "empty-s0"):
         (runs / "ablations" / "long" / run).mkdir(parents=True)
     _kept(ckpts / "ablations" / "long" / "preset-s0", 250, 3.0, 0.9)  # too alike: 0.9 > 3 x 0.2
     _kept(ckpts / "ablations" / "long" / "preset-s0", 500, 1.0, 0.1)
     _kept(ckpts / "ablations" / "long" / "preset-s1", 250, 5.0, 0.1)
     _kept(ckpts / "ablations" / "long" / "preset-s1", 500, 2.0, 0.7)  # too alike
     _kept(ckpts / "ablations" / "long" / "preset-s10", 250, 1.0, 0.5)  # no step 500: shown as "-"
+    _kept(ckpts / "ablations" / "long" / "other-s0", 500, 4.0, 0.1)  # another cell: its own mean row
     assert select.main(["long", "--curve", "--runs", str(runs), "--checkpoints", str(ckpts)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert "empty-s0: no kept checkpoint" in out.err
     assert lines[0] == "| run | step 250 | step 500 |"
     # runs in seed order (s10 after s1), each run's figure and pair IoU per step
-    assert lines[2:5] == ["| preset-s0 | 3.00 (0.90) | 1.00 (0.10) |", "| preset-s1 | 5.00 (0.10) | 2.00 (0.70) |",
-                          "| preset-s10 | 1.00 (0.50) | - |"]
-    # step 250: (3 + 5 + 1) / 3 with one run alike; step 500: (1 + 2) / 2 with one
-    assert lines[5] == ("| mean (runs with pair IoU above the limit) | 3.00 (1 of 3 above 3x) | 1.50 (1 of 2 above 3x) |")
+    assert lines[2:6] == ["| other-s0 | - | 4.00 (0.10) |", "| preset-s0 | 3.00 (0.90) | 1.00 (0.10) |",
+                          "| preset-s1 | 5.00 (0.10) | 2.00 (0.70) |", "| preset-s10 | 1.00 (0.50) | - |"]
+    # per cell: preset's step 250 is (3 + 5 + 1) / 3 with one run alike, step 500 (1 + 2) / 2 with one
+    assert lines[6:] == ["| mean of other (runs with pair IoU above the limit) | - | 4.00 (0 of 1 above 3x) |",
+                         "| mean of preset (runs with pair IoU above the limit) | 3.00 (1 of 3 above 3x) "
+                         "| 1.50 (1 of 2 above 3x) |"]
