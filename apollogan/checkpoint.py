@@ -52,10 +52,15 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
     path = ckpt_dir / f"step-{step:07d}.pt"
     _write(state, path)
     _link(path, "last.pt")
-    numbered = sorted(p for p in ckpt_dir.glob("step-*.pt") if STEP_FILE.search(p.name))
+    numbered = [p for _, p in sorted(step_checkpoints(ckpt_dir).items())]
     for old in numbered[:-keep]:
         old.unlink()
     return path
+
+
+def step_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
+    """{step: path} of the numbered checkpoints (step-NNNNNNN.pt) in ``ckpt_dir``."""
+    return {int(m.group(1)): p for p in Path(ckpt_dir).glob("step-*.pt") if (m := STEP_FILE.search(p.name))}
 
 
 def too_alike(pair_iou: float, real_pair_iou: float, k: float) -> bool:

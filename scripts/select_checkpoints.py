@@ -34,9 +34,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from apollogan.checkpoint import too_alike
+from apollogan.checkpoint import step_checkpoints, too_alike
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cell_of(run: str) -> str:
+    """An ablation run's cell: its name without the -sSEED the runner appends."""
+    return re.sub(r"-s\d+$", "", run)
 
 
 def training_figures(run_dir: Path) -> dict[int, dict]:
@@ -83,7 +88,7 @@ def curve(runs: list[Path], ckpt_root: Path, num: int, k: float) -> int:
     """Every kept checkpoint of every run scored; a table of runs x steps and each cell's mean per step."""
     table: dict[str, dict[int, dict]] = {}
     for run in runs:
-        kept = {int(p.stem.split("-")[1]): p for p in (ckpt_root / run.name).glob("step-*.pt")}
+        kept = step_checkpoints(ckpt_root / run.name)
         if not kept:
             print(f"{run.name}: no kept checkpoint in {ckpt_root / run.name}; left out", file=sys.stderr)
         for s in sorted(kept):
@@ -95,8 +100,8 @@ def curve(runs: list[Path], ckpt_root: Path, num: int, k: float) -> int:
     for name, figs in table.items():
         print(f"| {name} | " + " | ".join(f"{figs[s]['overall']:.2f} ({figs[s]['pair_iou']:.2f})" if s in figs else "-"
                                           for s in steps) + " |")
-    for cell in dict.fromkeys(re.sub(r"-s\d+$", "", name) for name in table):  # one mean row per cell
-        figs_of = [figs for name, figs in table.items() if re.sub(r"-s\d+$", "", name) == cell]
+    for cell in dict.fromkeys(cell_of(name) for name in table):  # one mean row per cell
+        figs_of = [figs for name, figs in table.items() if cell_of(name) == cell]
         means = []
         for s in steps:
             fs = [figs[s] for figs in figs_of if s in figs]
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--curve", action="store_true", help="score every kept checkpoint and print the figures per step")
     a = ap.parse_args(argv)
     runs = sorted((a.runs / "ablations" / a.ablation).glob("*-s*"), key=lambda p: (
-        re.sub(r"-s\d+$", "", p.name), int(p.name.rsplit("-s", 1)[1])))
+        cell_of(p.name), int(p.name.rsplit("-s", 1)[1])))
     runs = [r for r in runs if r.is_dir()]
     if not runs:
         raise SystemExit(f"{a.runs / 'ablations' / a.ablation}: no runs")
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     picks = {c: [] for c in ("last", "best", "rule")}
     for run in runs:
         ckpt_dir = a.checkpoints / "ablations" / a.ablation / run.name
-        kept = {int(p.stem.split("-")[1]): p for p in ckpt_dir.glob("step-*.pt")}
+        kept = step_checkpoints(ckpt_dir)
         train = training_figures(run)
         steps = sorted(s for s in kept if s in train)
         if not steps:
