@@ -52,6 +52,9 @@ class DCGANConfig:
     # channel is on at a held column's first step only)
     g_key: bool = False  # G adds a per-sample bias to each of the 12 pitch classes (from the noise by one
     # linear layer, zero at the start), the same in every octave and step: one place to hold a window's key
+    key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
+    # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
+    # from the training windows' (docs/models.md)
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed

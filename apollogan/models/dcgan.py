@@ -4,8 +4,10 @@ Generator:     noise [7, 2, 8] -> transposed convs (k4 s2 p1), 8d -> 4d -> 2d ->
                (optionally binary neurons in training: model.binary; or nearest-neighbour
                upsampling then 3x3 convs: model.g_upsample=nearest; optionally drawing one column
                per 2 or 4 steps and holding it: model.g_hold; optionally a per-sample bias on
-               each of the 12 pitch classes, the same in every octave and step: model.g_key).
-Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1.
+               each of the 12 pitch classes, the same in every octave and step: model.g_key;
+               optionally conditioned on a key: model.key_cond).
+Discriminator: convs (k4 s2 p1), C -> d -> 2d -> 4d -> 8d -> d, then linear 512 -> linear 1
+               (with model.key_cond it also reads the key's scale as one more input channel).
 The number of layers follows from the roll shape and the noise shape (64 x 256 from 2 x 8 is
 five doublings); every derived size is computed, never hard-coded.
 """
@@ -18,7 +20,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..config import DCGANConfig
+from ..midi import DIATONIC
 from ..spec import RollSpec
+from .common import batches
 from .gan import GANFamily
 
 NOISE_HW = (2, 8)
@@ -38,10 +42,39 @@ def _widths(width: int, n: int) -> list[int]:
     return [width * 2 ** (n - 2 - i) for i in range(n - 1)]
 
 
+class KeyScales(nn.Module):
+    """The 12 keys of model.key_cond. Key k is the diatonic scale of the major key on pitch class k (0: C
+    major, whose relative minor A shares it); a roll's key is the one whose scale holds the most of its
+    sounding cells (every part's sustain channel), ties to the lower k, so an empty roll is in C."""
+
+    def __init__(self, spec: RollSpec):
+        super().__init__()
+        scale = torch.zeros(12, 12)
+        for k in range(12):
+            scale[k, [(k + q) % 12 for q in DIATONIC]] = 1.0
+        # rows[k, p] = 1 when pitch row p is in key k's scale
+        self.register_buffer("rows", scale[:, (spec.low + torch.arange(spec.pitches)) % 12], persistent=False)
+        self.sustain = slice(0, spec.channels, spec.channels_per_part)
+        self.channels = spec.channels
+
+    def of(self, x: torch.Tensor) -> torch.Tensor:
+        """Rolls [B, C, P, T] -> their keys [B] (long)."""
+        cells = x[:, self.sustain].float().sum(dim=(1, 3))  # [B, P]
+        return (cells @ self.rows.t()).argmax(1)
+
+    def plane(self, keys: torch.Tensor, steps: int) -> torch.Tensor:
+        """Keys [B] -> [B, 1, P, steps]: 1 on the rows of each key's scale, at every step."""
+        return self.rows[keys][:, None, :, None].expand(-1, 1, -1, steps)
+
+    def of_plane(self, x: torch.Tensor) -> torch.Tensor:
+        """The keys of rolls that carry their key's plane after their C channels (what D reads)."""
+        return (x[:, self.channels, :, 0].float() @ self.rows.t()).argmax(1)  # a scale matches itself best
+
+
 class Generator(nn.Module):
     def __init__(self, spec: RollSpec, width: int = 128, noise: str = "reference", noise_channels: int = 7,
                  noise_dim: int = 100, binary: str = "none", upsample: str = "transposed", hold: int = 1,
-                 binary_grad: str = "sigmoid", key: bool = False):
+                 binary_grad: str = "sigmoid", key: bool = False, key_cond: bool = False):
         super().__init__()
         self.binary, self.hold, self.binary_grad = binary, hold, binary_grad
         n = _doublings(spec)
@@ -64,7 +97,16 @@ class Generator(nn.Module):
         self.noise_dim = noise_dim if noise == "flat" else None
         # flat noise: a vector mapped linearly onto the [7, 2, 8] grid
         self.project = nn.Linear(noise_dim, math.prod(self.noise_shape)) if noise == "flat" else None
-        chans = [noise_channels] + _widths(width, n)
+        # model.key_cond: the key enters as 12 one-hot planes beside the noise and as 12 pitch-class logit
+        # biases (zero at the start); key_counts, the keys of the real windows seen in training (from 1
+        # each), is the prior that sampling draws keys from.
+        self.keys = KeyScales(spec) if key_cond else None
+        if key_cond:
+            self.key_cond_bias = nn.Embedding(12, 12)
+            self.register_buffer("key_counts", torch.ones(12))
+            if self.pitch_class is None:
+                self.register_buffer("pitch_class", (spec.low + torch.arange(spec.pitches)) % 12, persistent=False)
+        chans = [noise_channels + 12 * key_cond] + _widths(width, n)
 
         def up(cin, cout, bias, time):  # each doubles pitch, and time unless ``time`` is False
             if upsample == "nearest":  # resize, then convolve: no checkerboard of the strided transpose
@@ -83,17 +125,33 @@ class Generator(nn.Module):
         shape = (batch, self.noise_dim) if self.project is not None else (batch, *self.noise_shape)
         return torch.randn(shape, generator=generator, device=device)
 
-    def forward(self, z: torch.Tensor, logits: bool = False, probs: bool = False):
+    def sample_keys(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n keys drawn from the keys of the training windows (model.key_cond), on the CPU."""
+        return torch.multinomial(self.key_counts.detach().float().cpu(), n, replacement=True, generator=generator)
+
+    def forward(self, z: torch.Tensor, logits: bool = False, probs: bool = False, key: torch.Tensor | None = None):
         """Probabilities [B, C, P, T], or their logits (for a likelihood loss, as the autoencoders use).
 
-        ``probs``: (the output, the probabilities), which differ in training with binary neurons."""
+        ``probs``: (the output, the probabilities), which differ in training with binary neurons.
+        ``key``: [B] keys 0-11 (KeyScales), required with model.key_cond and refused without it."""
+        if (key is None) != (self.keys is None):
+            raise ValueError("a key-conditioned G (model.key_cond) needs keys [B]" if key is None
+                             else "this G is not key-conditioned (model.key_cond=false); it takes no keys")
         if self.project is not None:
             z = self.project(z).view(-1, *self.noise_shape)
         elif z.shape[1:] != self.noise_shape:
             raise ValueError(f"noise must be [B, {', '.join(map(str, self.noise_shape))}], got {list(z.shape)}")
-        raw = self.net[:-1](z)
+        h = z
+        if key is not None:
+            if key.shape != (len(z),):
+                raise ValueError(f"keys must be [{len(z)}], got {list(key.shape)}")
+            onehot = nn.functional.one_hot(key, 12).to(z.dtype)
+            h = torch.cat([z, onehot[:, :, None, None].expand(-1, -1, *z.shape[2:])], 1)
+        raw = self.net[:-1](h)
         if self.key is not None:
             raw = raw + self.key(z.flatten(1))[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
+        if key is not None:
+            raw = raw + self.key_cond_bias(key)[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
         if self.hold > 1:
             raw = raw.repeat_interleave(self.hold, dim=-1)
         if self.onset_off is not None:
@@ -187,6 +245,7 @@ class ChromaStream(nn.Module):
         fold[(spec.low + torch.arange(spec.pitches)) % 12, torch.arange(spec.pitches)] = 1.0
         self.register_buffer("fold", fold, persistent=False)
         self.spb = spec.steps_per_beat
+        self.channels = spec.channels  # the roll's own; not a key plane after them (model.key_cond)
         self.net = nn.Sequential(wrap(nn.Conv1d(12, width, 4, 4)), nn.LeakyReLU(0.2),
                                  wrap(nn.Conv1d(width, width, 4, 4)), nn.LeakyReLU(0.2), nn.Flatten())
         self.out_features = width * (beats // 16)
@@ -195,7 +254,7 @@ class ChromaStream(nn.Module):
         """Rolls [B, C, P, T] -> sounding cells per pitch class, averaged over each beat's steps [B, 12, beats]."""
         b, _, _, t = x.shape
         beats = t // self.spb
-        c = torch.einsum("qp,bkpt->bqt", self.fold.to(x.dtype), x[..., :beats * self.spb])
+        c = torch.einsum("qp,bkpt->bqt", self.fold.to(x.dtype), x[:, :self.channels, :, :beats * self.spb])
         return c.reshape(b, 12, beats, self.spb).mean(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,18 +300,26 @@ def init_weights(m: nn.Module) -> None:
 
 def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discriminator]:
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
-                  cfg.g_hold, cfg.binary_grad, cfg.g_key)
+                  cfg.g_hold, cfg.binary_grad, cfg.g_key, cfg.key_cond)
     d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm, mbstd=cfg.d_mbstd,
-                      chroma=cfg.d_chroma)
+                      chroma=cfg.d_chroma, in_channels=spec.channels + cfg.key_cond)
     g.apply(init_weights)
     d.apply(init_weights)
     if g.key is not None:
         nn.init.zeros_(g.key.weight)  # no key bias at the start: G begins as it would without it
+    if cfg.key_cond:
+        nn.init.zeros_(g.key_cond_bias.weight)
     return g, d
 
 
 class DCGAN(GANFamily):
-    """The reference GAN: the networks above, trained by the shared adversarial step."""
+    """The reference GAN: the networks above, trained by the shared adversarial step.
+
+    With model.key_cond it is a conditional GAN on the key: every real window D sees carries its own
+    key's scale as one more channel (KeyScales.plane), every generated one the key G was given, which
+    is the key of the real window beside it in the batch; so D can tell a roll off its key's scale
+    from one on it, and G is told which scale to keep to. Samples draw keys from the training
+    windows' (G's key_counts)."""
 
     name = "dcgan"
 
@@ -261,7 +328,43 @@ class DCGAN(GANFamily):
         G, D = build_models(spec, cfg.model)
         self.modules = {"G": G, "D": D}
 
+    def real_for_d(self, real, fmt=torch.contiguous_format):
+        G = self.modules["G"]
+        if G.keys is None:
+            return real
+        keys = G.keys.of(real)
+        G.key_counts += torch.bincount(keys, minlength=12).to(G.key_counts.dtype)
+        return torch.cat([real, G.keys.plane(keys, real.shape[-1]).to(real.dtype)], 1).contiguous(memory_format=fmt)
+
     def make_fake(self, g_run, real, z):
+        G = self.modules["G"]
+        kw = {} if G.keys is None else {"key": G.keys.of_plane(real)}
         if self.cfg.train.mode_seeking_on == "probabilities":
-            return g_run(z, probs=True)  # the ratio on the probabilities before the binary neurons
-        return super().make_fake(g_run, real, z)
+            out, varied = g_run(z, probs=True, **kw)  # the ratio on the probabilities before the binary neurons
+        else:
+            out = varied = g_run(z, **kw)
+        if kw:
+            out = torch.cat([out, real[:, -1:].to(out.dtype)], 1)  # the given key's plane, as the real window's
+        return out, varied
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, *, nets=None, device="cpu", real=None,
+               batch: int = 64) -> torch.Tensor:
+        g = (nets or self.modules)["G"]
+        if g.keys is None:
+            return super().sample(n, generator, nets=nets, device=device, real=real, batch=batch)
+        out = []
+        for a, b in batches(n, batch):
+            z = g.noise(b - a, generator)
+            out.append(g(z.to(device), key=g.sample_keys(b - a, generator).to(device)).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def interpolate(self, k: int, generator: torch.Generator, *, nets=None, device="cpu", real=None) -> torch.Tensor:
+        g = (nets or self.modules)["G"]
+        if g.keys is None:
+            return super().interpolate(k, generator, nets=nets, device=device, real=real)
+        a, b = g.noise(1, generator), g.noise(1, generator)
+        key = g.sample_keys(1, generator).expand(k)  # one key for the whole walk
+        w = torch.linspace(0, 1, k).view(-1, *[1] * (a.dim() - 1))
+        return g(((1 - w) * a + w * b).to(device), key=key.to(device)).float().cpu()

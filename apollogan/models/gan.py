@@ -58,8 +58,13 @@ def g_on_noise(g_run, real, z):
     return fake, fake
 
 
+def same_real(real, fmt=None):
+    """The default ``real_for_d``: D sees a training window as it is."""
+    return real
+
+
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
-             make_fake=g_on_noise) -> dict:
+             make_fake=g_on_noise, real_for_d=same_real) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
@@ -68,6 +73,8 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     ``penalty_context`` wraps the gradient penalty's double backward (cuDNN's LSTM has none).
     ``make_fake(g_run, real, z)``: (the rolls D judges from noise ``z``, one per real window; what
     of them the mode-seeking ratio compares); families override ``GANFamily.make_fake``.
+    ``real_for_d(real, fmt)``: a training batch as D sees it, and as ``make_fake`` gets it (the DCGAN
+    with model.key_cond appends each window's key).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
@@ -77,7 +84,7 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
         return diff_augment(x, policy, ctx.generator).contiguous(memory_format=ctx.fmt) if policy else x
     out = {}
     for k in range(t.d_steps):
-        real = ctx.real_batch()
+        real = real_for_d(ctx.real_batch(), ctx.fmt)
         with torch.no_grad(), ctx.autocast():
             fake = make_fake(g_run, real, G.noise(real.shape[0], ctx.generator, ctx.device))[0].float()
         opt_d.zero_grad(set_to_none=True)
@@ -161,10 +168,11 @@ class GANFamily:
                 "D": torch.optim.Adam(self.modules["D"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))}
 
     make_fake = staticmethod(g_on_noise)  # (the rolls D judges from noise z; what the mode-seeking ratio compares)
+    real_for_d = staticmethod(same_real)  # a training batch as D sees it
 
     def train_step(self, ctx: StepContext) -> dict:
         return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context,
-                        self.make_fake)
+                        self.make_fake, self.real_for_d)
 
     def describe(self) -> str:
         return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"
