@@ -55,6 +55,8 @@ class DCGANConfig:
     key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
     # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
     # from the training windows' (docs/models.md)
+    d_scale: bool = False  # D also reads the scale of each roll's own key (the best of 12 diatonic scales
+    # for its notes) as one more channel, real and generated alike; G is unchanged
 
 
 ModelConfig = DCGANConfig  # the name of the one model section before families existed

@@ -68,15 +68,30 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
                    help="divide the logits by T before drawing (default 1; 0: every cell with p >= 0.5, no draw)")
     g.add_argument("--top-p", type=float, metavar="P",
                    help="per frame, keep the most probable cells holding share P of its probability mass (default 1)")
+    k = ap.add_argument_group("sampling option of a dcgan trained with model.key_cond=true")
+    k.add_argument("--key", metavar="NAME", help="every sample in this key: a major tonic (C, F#, Bb) or a minor one "
+                   "(Em, C#m: its relative major's scale); default: each sample's key drawn as often as the "
+                   "training windows' keys")
+
+
+OPTION_OF = {"prime": "the lstm family", "temperature": "the lstm family", "top_p": "the lstm family",
+             "key": "a dcgan trained with model.key_cond=true"}
 
 
 def sampling_options(family, a) -> dict:
     """The family's defaults updated with the options given; an option the family does not take is an error."""
-    given = {k: v for k, v in (("prime", a.prime), ("temperature", a.temperature), ("top_p", a.top_p)) if v is not None}
+    given = {k: v for k, v in (("prime", a.prime), ("temperature", a.temperature), ("top_p", a.top_p),
+                               ("key", a.key)) if v is not None}
     for k in given:
         if k not in family.sample_options:
-            raise UserError(f"--{k.replace('_', '-')}: the {family.name} family has no such sampling option "
-                            f"(it is for the lstm family)")
+            what = "this model" if family.name == "dcgan" and k == "key" else f"the {family.name} family"
+            raise UserError(f"--{k.replace('_', '-')}: {what} has no such sampling option (it is for {OPTION_OF[k]})")
+    if "key" in given:
+        from .models.dcgan import key_number
+        try:
+            given["key"] = key_number(given["key"])
+        except ValueError as e:
+            raise UserError(f"--key: {e}") from None
     opts = {**family.sample_options, **given}
     steps = family.spec.steps
     if not 0 <= opts.get("prime", 0) < steps:
@@ -214,7 +229,9 @@ def main(argv=None) -> int:
         ends = None
         if family.latent == "codes" or family.conditional:  # two windows' codes; one window's chords
             ends = real_windows(root, spec, 2, a.seed, "--interpolate")
-        probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends, device=a.device)
+        key = {"key": opts["key"]} if opts.get("key") is not None else {}
+        probs = family.interpolate(a.interpolate, torch.Generator().manual_seed(a.seed), real=ends, device=a.device,
+                                   **key)
     else:
         probs = draw(family, a.num, a.seed, opts, root, device=a.device)
     rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)

@@ -353,3 +353,108 @@ def test_key_bias_moves_every_row_of_its_pitch_class_and_no_other():
     assert g.key.weight.grad[11].abs().sum() > 0  # trained through the binary neurons like the rest
     assert "key.weight" in g.state_dict() and "key.weight" not in plain.state_dict()
     assert load_config(None, ["model.g_key=true"]).model.g_key is True
+
+
+def _roll_of(pitch_classes, spec, steps=64):
+    """[1, 1, P, T] with one row of each pitch class sounding for ``steps`` steps (row p is pitch 30 + p)."""
+    x = torch.zeros(1, 1, spec.pitches, spec.steps)
+    for q in pitch_classes:
+        x[0, 0, [p for p in range(spec.pitches) if (spec.low + p) % 12 == q][1], :steps] = 1
+    return x
+
+
+def test_a_rolls_key_is_the_scale_holding_most_of_its_cells():
+    from apollogan.models.dcgan import KeyScales
+    spec = RollSpec()
+    keys = KeyScales(spec)
+    d_major = _roll_of((2, 4, 6, 7, 9, 11, 1), spec)
+    e_minor = _roll_of((4, 6, 7, 9, 11, 0, 2), spec)  # G major's scale: key 7
+    f_major = _roll_of((5, 7, 9, 10, 0, 2, 4), spec)
+    # C major with an F# (row 24, pitch 54) of 40 steps: G major's scale holds 64 cells fewer (no F)
+    # and 40 more; with an F# of 100 steps it holds more
+    c_short_f_sharp, c_long_f_sharp = _roll_of((0, 2, 4, 5, 7, 9, 11), spec), _roll_of((0, 2, 4, 5, 7, 9, 11), spec)
+    c_short_f_sharp[0, 0, 24, 100:140] = 1
+    c_long_f_sharp[0, 0, 24, 100:200] = 1
+    x = torch.cat([d_major, e_minor, f_major, c_short_f_sharp, c_long_f_sharp, torch.zeros_like(d_major)])
+    assert keys.of(x).tolist() == [2, 7, 5, 0, 7, 0]  # an empty roll is in C
+    plane = keys.plane(torch.tensor([2, 5]), spec.steps)
+    assert plane.shape == (2, 1, 64, 256) and torch.equal(plane[..., 0], plane[..., -1])
+    f_sharp, f = torch.arange(64)[(30 + torch.arange(64)) % 12 == 6], torch.arange(64)[(30 + torch.arange(64)) % 12 == 5]
+    assert (plane[0, 0, f_sharp] == 1).all() and (plane[0, 0, f] == 0).all()  # D major has F#, not F
+    assert (plane[1, 0, f_sharp] == 0).all() and (plane[1, 0, f] == 1).all()  # F major the other way
+    assert plane[0, 0, :, 0].sum() == sum(1 for p in range(64) if (30 + p) % 12 in (2, 4, 6, 7, 9, 11, 1))
+    assert keys.of_plane(torch.cat([torch.zeros(12, 1, 64, 256), keys.plane(torch.arange(12), 256)], 1)).tolist() \
+        == list(range(12))
+    onset = RollSpec(onset=True)  # channels sustain, onset: only the sustain channel counts
+    y = torch.zeros(1, 2, 64, 256)
+    y[:, 0] = f_major[:, 0]
+    y[:, 1] = d_major[:, 0] * 5
+    assert KeyScales(onset).of(y).tolist() == [5]
+
+
+def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
+    from apollogan.config import Config
+    from apollogan.models.dcgan import DCGAN
+    torch.manual_seed(0)
+    spec = RollSpec()
+    cfg = Config()
+    cfg.model = ModelConfig(width=4, g_upsample="nearest", g_hold=2, binary="deterministic", key_cond=True)
+    fam = DCGAN(spec, cfg)
+    G, D = fam.modules["G"], fam.modules["D"]
+    assert D.in_shape == (2, 64, 256) and G.key_cond_bias.weight.abs().sum() == 0
+    real = torch.cat([_roll_of((2, 4, 6, 7, 9, 11, 1), spec), _roll_of((5, 7, 9, 10, 0, 2, 4), spec),
+                      _roll_of((5, 7, 9, 10, 0, 2, 4), spec)])
+    seen = fam.real_for_d(real)
+    assert torch.equal(seen[:, :1], real) and torch.equal(seen[:, 1:], G.keys.plane(torch.tensor([2, 5, 5]), 256))
+    assert G.key_counts.tolist() == [1, 1, 2, 1, 1, 3, 1, 1, 1, 1, 1, 1]  # one of each to start, then the keys seen
+    z = G.noise(3)
+    fake, varied = fam.make_fake(G, seen, z)
+    assert torch.equal(fake[:, 1:], seen[:, 1:]) and torch.equal(fake[:, :1], varied)  # the real windows' keys
+    assert torch.equal(varied, G(z, key=torch.tensor([2, 5, 5]))) and not torch.equal(varied, G(z, key=torch.zeros(3, dtype=torch.long)))
+    assert D(fake).shape == (3,)
+    # the key's pitch-class bias: key 5 (F major) raised on B flat moves those rows for that key only
+    with torch.no_grad():
+        G.key_cond_bias.weight[5, 10] = 3.0
+    zero, five = G(z[:1], logits=True, key=torch.tensor([0])), G(z[:1], logits=True, key=torch.tensor([5]))
+    base = G.key_cond_bias.weight[5].clone()
+    with torch.no_grad():
+        G.key_cond_bias.weight[5] = 0.0
+    five0 = G(z[:1], logits=True, key=torch.tensor([5]))
+    b_flat = (30 + torch.arange(64)) % 12 == 10
+    assert torch.allclose((five - five0)[:, :, b_flat], torch.tensor(3.0)) and (five - five0)[:, :, ~b_flat].abs().max() == 0
+    assert base[10] == 3.0 and not torch.equal(zero, five0)  # the key also enters beside the noise
+    # samples draw keys from the counts: all in key 7 when only 7 was seen
+    G.key_counts.zero_()
+    G.key_counts[7] = 10
+    assert G.sample_keys(50, torch.Generator().manual_seed(0)).tolist() == [7] * 50
+    g1 = torch.Generator().manual_seed(1)
+    s = fam.sample(4, g1)
+    g2 = torch.Generator().manual_seed(1)
+    assert torch.equal(s, G(G.noise(4, g2), key=torch.full((4,), 7)))
+    assert fam.interpolate(3, torch.Generator().manual_seed(0)).shape == (3, 1, 64, 256)
+    # generate --key: one key for every sample, by name; a minor key is its relative major's scale
+    from argparse import Namespace
+
+    from apollogan.generate import sampling_options
+    from apollogan.models.dcgan import key_number
+
+    def args(key):
+        return Namespace(prime=None, temperature=None, top_p=None, key=key)
+    assert sampling_options(fam, args("Bm")) == {"key": 2} and sampling_options(fam, args(None)) == {"key": None}
+    assert [key_number(n) for n in ("C", "Am", "F#", "Gb", "Bb", "E minor", "Ebmaj", "c#m")] == [0, 0, 6, 6, 10, 7, 3, 4]
+    with pytest.raises(UserError, match="--key: 'H' is not a key"):
+        sampling_options(fam, args("H"))
+    plain_cfg = Config()
+    plain_cfg.model = ModelConfig(width=4)
+    with pytest.raises(UserError, match="--key: this model has no such sampling option .*model.key_cond=true"):
+        sampling_options(DCGAN(spec, plain_cfg), args("D"))
+    in_d = fam.sample(4, torch.Generator().manual_seed(1), key=2)
+    assert torch.equal(in_d, G(G.noise(4, torch.Generator().manual_seed(1)), key=torch.full((4,), 2)))
+    with pytest.raises(ValueError, match="needs keys"):
+        G(z)
+    with pytest.raises(ValueError, match="takes no keys"):
+        Generator(spec, 4)(z, key=torch.zeros(3, dtype=torch.long))
+    assert "key_counts" in G.state_dict()
+    assert load_config(None, ["model.key_cond=true"]).model.key_cond is True
+    with pytest.raises(UserError, match="model.key_cond"):
+        load_config(None, ["model.family=lstm", "model.key_cond=true"])

@@ -42,6 +42,25 @@ def _widths(width: int, n: int) -> list[int]:
     return [width * 2 ** (n - 2 - i) for i in range(n - 1)]
 
 
+KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def key_number(name: str) -> int:
+    """A key's name -> its number in KeyScales: "D" or "D major" -> 2; "Bm" or "B minor" -> 2 as well (a
+    minor key has its relative major's scale); sharps (#) and flats (b) on any tonic."""
+    text = name.strip().replace(" ", "")
+    lowered = text.lower()
+    for suffix, minor in (("minor", True), ("min", True), ("major", False), ("maj", False), ("m", True), ("", False)):
+        if lowered.endswith(suffix) and 1 <= len(text) - len(suffix) <= 2:
+            tonic = text[:len(text) - len(suffix)]
+            if tonic[0].upper() in _TONICS and tonic[1:] in ("", "#", "b"):
+                shift = {"": 0, "#": 1, "b": -1}[tonic[1:]]
+                return (_TONICS[tonic[0].upper()] + shift + 3 * minor) % 12
+    raise ValueError(f"{name!r} is not a key: give a tonic A-G with an optional # or b, and m for minor "
+                     f"(D, F#, Bb, Em, C#m)")
+
+
 class KeyScales(nn.Module):
     """The 12 keys of model.key_cond. Key k is the diatonic scale of the major key on pitch class k (0: C
     major, whose relative minor A shares it); a roll's key is the one whose scale holds the most of its
@@ -179,7 +198,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, spec: RollSpec, width: int = 128, head: str = "fc2", fc_dim: int = 512, norm: str = "batch",
-                 outputs: int = 1, in_channels: int | None = None, mbstd: int = 0, chroma: int = 0):
+                 outputs: int = 1, in_channels: int | None = None, mbstd: int = 0, chroma: int = 0,
+                 scale: bool = False):
         super().__init__()
         self.outputs = outputs
         n = _doublings(spec)
@@ -188,7 +208,10 @@ class Discriminator(nn.Module):
         if chroma and head == "none":
             raise ValueError("the chroma stream feeds D's linear head; head 'none' has none")
         self.chroma = None
-        chans = [self.in_shape[0]] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
+        # model.d_scale: one more input channel, the scale of the roll's own key (KeyScales), so that a
+        # note off the scale the rest of the roll keeps to is a pattern of D's first convolution
+        self.scale = KeyScales(spec) if scale else None
+        chans = [self.in_shape[0] + bool(scale)] + _widths(width, n)[::-1] + [width]  # C, d, 2d, 4d, 8d, d
         if head == "none":
             chans[-1] = 1  # the last conv gives one logit per patch; they are averaged
         blocks = []
@@ -218,6 +241,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, features: bool = False):
         if x.shape[1:] != self.in_shape:
             raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
+        if self.scale is not None:
+            fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+            x = torch.cat([x, self.scale.plane(self.scale.of(x), x.shape[-1]).to(x.dtype)], 1).contiguous(memory_format=fmt)
         h = self.features(x)
         if self.chroma is None:
             logits = self.head(h)
@@ -302,7 +329,7 @@ def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discrimin
     g = Generator(spec, cfg.width, cfg.noise, cfg.noise_channels, cfg.noise_dim, cfg.binary, cfg.g_upsample,
                   cfg.g_hold, cfg.binary_grad, cfg.g_key, cfg.key_cond)
     d = Discriminator(spec, cfg.d_width or cfg.width, cfg.d_head, cfg.fc_dim, cfg.d_norm, mbstd=cfg.d_mbstd,
-                      chroma=cfg.d_chroma, in_channels=spec.channels + cfg.key_cond)
+                      chroma=cfg.d_chroma, in_channels=spec.channels + cfg.key_cond, scale=cfg.d_scale)
     g.apply(init_weights)
     d.apply(init_weights)
     if g.key is not None:
@@ -327,6 +354,8 @@ class DCGAN(GANFamily):
         super().__init__(spec, cfg)
         G, D = build_models(spec, cfg.model)
         self.modules = {"G": G, "D": D}
+        if G.keys is not None:
+            self.sample_options = {"key": None}  # None: drawn from key_counts; or one key (key_number) for all
 
     def real_for_d(self, real, fmt=torch.contiguous_format):
         G = self.modules["G"]
@@ -349,22 +378,25 @@ class DCGAN(GANFamily):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, *, nets=None, device="cpu", real=None,
-               batch: int = 64) -> torch.Tensor:
+               batch: int = 64, key: int | None = None) -> torch.Tensor:
+        """As GANFamily.sample; with model.key_cond each sample's key is drawn after its noise, or is ``key``."""
         g = (nets or self.modules)["G"]
         if g.keys is None:
             return super().sample(n, generator, nets=nets, device=device, real=real, batch=batch)
         out = []
         for a, b in batches(n, batch):
             z = g.noise(b - a, generator)
-            out.append(g(z.to(device), key=g.sample_keys(b - a, generator).to(device)).float().cpu())
+            keys = g.sample_keys(b - a, generator) if key is None else torch.full((b - a,), key)
+            out.append(g(z.to(device), key=keys.to(device)).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def interpolate(self, k: int, generator: torch.Generator, *, nets=None, device="cpu", real=None) -> torch.Tensor:
+    def interpolate(self, k: int, generator: torch.Generator, *, nets=None, device="cpu", real=None,
+                    key: int | None = None) -> torch.Tensor:
         g = (nets or self.modules)["G"]
         if g.keys is None:
             return super().interpolate(k, generator, nets=nets, device=device, real=real)
         a, b = g.noise(1, generator), g.noise(1, generator)
-        key = g.sample_keys(1, generator).expand(k)  # one key for the whole walk
+        key = (g.sample_keys(1, generator) if key is None else torch.tensor([key])).expand(k)  # one key for the walk
         w = torch.linspace(0, 1, k).view(-1, *[1] * (a.dim() - 1))
         return g(((1 - w) * a + w * b).to(device), key=key.to(device)).float().cpu()
