@@ -14,6 +14,7 @@ docs/data.md; the files written are described in docs/formats.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -402,7 +403,8 @@ def main(argv=None) -> int:
         raise UserError(f"no MIDI (.mid, .midi, .kar) or .npz files in {', '.join(map(str, a.inputs))}")
     workers = a.workers or default_workers(len(files))
     print(f"{len(files)} files -> {a.out}  spec {spec.describe()}", file=sys.stderr)
-    m = preprocess(files, a.out, spec, opt, workers=workers, shard_windows=a.shard_windows, progress=not a.quiet)
+    with folder_lock(a.out):
+        m = preprocess(files, a.out, spec, opt, workers=workers, shard_windows=a.shard_windows, progress=not a.quiet)
     print(summary(m))
     if not m["counts"]["converted"]:
         raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
@@ -436,17 +438,40 @@ def data_mismatch(manifest: dict, data) -> str | None:
     return ", ".join(diff) or None
 
 
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """One preprocess at a time into ``out``: an advisory lock on the folder itself (created if missing),
+    held until the block ends, so a second one waits instead of deleting the first's shards as stale.
+    Nothing is left behind; where fcntl is missing (Windows) there is no lock."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
 def ensure_shards(root: Path, data=None, log=print) -> Path:
     """The bundled data's shards at ``root``, preprocessing them with ``data``'s options (a config's data
-    section; None: the defaults) first when missing or of an older format."""
+    section; None: the defaults) first when missing or of an older format. Two runs starting at once on
+    a fresh clone preprocess once: the second waits for the first's shards."""
     root = Path(root)
     if not is_current(root):
-        spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
-        why = "an older format" if (root / "manifest.json").is_file() else "no shards"
-        log(f"{why} at {root}: preprocessing the bundled data first")
-        # one process: training may already hold threads or a GPU context a fork should not copy
-        m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
-        log(summary(m))
+        with folder_lock(root):
+            if not is_current(root):  # written by another process while this one waited
+                spec, opt = data_options(data) if data is not None else (RollSpec(), WindowOptions())
+                why = "an older format" if (root / "manifest.json").is_file() else "no shards"
+                log(f"{why} at {root}: preprocessing the bundled data first")
+                # one process: training may already hold threads or a GPU context a fork should not copy
+                m = preprocess(find_midi_files([bundled_data()]), root, spec, opt)
+                log(summary(m))
     read_manifest(root)
     return root
 

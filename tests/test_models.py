@@ -458,3 +458,24 @@ def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
     assert load_config(None, ["model.key_cond=true"]).model.key_cond is True
     with pytest.raises(UserError, match="model.key_cond"):
         load_config(None, ["model.family=lstm", "model.key_cond=true"])
+
+
+def test_d_scale_shows_d_the_scale_of_each_rolls_own_key():
+    from apollogan.models.dcgan import KeyScales
+    torch.manual_seed(0)
+    spec = RollSpec()
+    _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_scale=True, d_mbstd=2))
+    _, plain = build_models(spec, ModelConfig(width=4, d_norm="none"))
+    assert d.features[0].in_channels == 2 and plain.features[0].in_channels == 1 and d.in_shape == (1, 64, 256)
+    seen = []
+    d.features[0].register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    x = torch.cat([_roll_of((2, 4, 6, 7, 9, 11, 1), spec), _roll_of((5, 7, 9, 10, 0, 2, 4), spec)])
+    assert d(x.contiguous(memory_format=torch.channels_last)).shape == (2,)
+    keys = KeyScales(spec)
+    assert torch.equal(seen[0][:, :1], x) and torch.equal(seen[0][:, 1:], keys.plane(torch.tensor([2, 5]), 256))
+    x.requires_grad_(True)
+    d(x).sum().backward()  # the plane is a constant of the roll: gradients reach the roll through the conv
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="rolls must be"):
+        d(torch.zeros(1, 2, 64, 256))
+    assert load_config(None, ["model.d_scale=true"]).model.d_scale is True

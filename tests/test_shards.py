@@ -259,3 +259,19 @@ def test_key_normalize_moves_train_files_onto_the_white_keys_and_leaves_val_file
     assert not np.array_equal(c, d) and np.array_equal(c, d_key) and lines[0]["key_shift"] == -2
     d_val, lines = windows("d", val_fraction=1, key_normalize=True)  # every file in val: left in D
     assert np.array_equal(d_val, d) and "key_shift" not in lines[0]
+
+
+def test_two_runs_starting_at_once_preprocess_the_bundled_data_once(tmp_path):
+    import subprocess
+    import sys
+    root = tmp_path / "nottingham"
+    code = ("import sys; from apollogan.preprocess import ensure_shards; "
+            f"ensure_shards({str(root)!r}, log=lambda m: print(m, flush=True))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum("preprocessing the bundled data first" in log for log in logs) == 1, logs  # the other waited
+    manifest = json.loads((root / "manifest.json").read_text())
+    files = {sh["file"] for s in ("train", "val") for sh in manifest["shards"][s]}
+    assert files and files == {p.name for p in root.glob("*.bin")}  # every shard named is there, no other
+    assert len(ShardSet(root, "train")) > 3000 and len(ShardSet(root, "val")) > 300

@@ -82,7 +82,7 @@ def test_mode_seeking_on_the_probabilities_or_the_binary_rolls(tmp_path, chunks,
                                    ["train.loss=wgan-gp", "model.d_norm=none", "train.d_steps=2"],
                                    ["train.diffaug=time,pitch,cutout", "train.feature_matching=0.5"],
                                    ["train.mode_seeking=0.5"],
-                                   ["model.key_cond=true", "train.loss=wgan-gp", "train.d_steps=2"]])
+                                   ["model.key_cond=true", "train.loss=wgan-gp", "model.d_norm=none", "train.d_steps=2"]])
 def test_resume_is_bit_identical(tmp_path, chunks, extra):
     straight = train(tiny(tmp_path / "a", chunks, *extra), **QUIET)
     half = train(tiny(tmp_path / "b", chunks, "train.steps=3", *extra), **QUIET)

@@ -241,9 +241,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, features: bool = False):
         if x.shape[1:] != self.in_shape:
             raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
-        if self.scale is not None:
-            fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-                memory_format=torch.channels_last) else torch.contiguous_format
+        if self.scale is not None:  # in the memory format of D's first convolution (train.channels_last)
+            w = self.features[0].weight
+            fmt = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() \
+                else torch.contiguous_format
             x = torch.cat([x, self.scale.plane(self.scale.of(x), x.shape[-1]).to(x.dtype)], 1).contiguous(memory_format=fmt)
         h = self.features(x)
         if self.chroma is None:
