@@ -15,19 +15,26 @@ def g_wasserstein(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
 
 
-def gradient_penalty(d, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None):
+def _input_grad(d, x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """grad_x D(x) over the first ``channels`` channels of x (None: all of them); channels after those
+    (a condition D reads beside the roll, such as model.key_cond's scale) are held fixed."""
+    roll = x[:, :channels].detach().requires_grad_(True)
+    full = roll if channels is None else torch.cat([roll, x[:, channels:].detach()], 1)
+    (grad,) = torch.autograd.grad(d(full).sum(), roll, create_graph=True)
+    return grad
+
+
+def gradient_penalty(d, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None,
+                     channels: int | None = None):
     """WGAN-GP: (|grad_x D(x)| - 1)^2 at random points between real and fake rolls."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator)
-    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
+    grad = _input_grad(d, eps * real + (1 - eps) * fake, channels)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(d, real: torch.Tensor) -> torch.Tensor:
+def r1_penalty(d, real: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): the mean over real rolls of |grad_x D(x)|^2."""
-    x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
-    return grad.flatten(1).pow(2).sum(1).mean()
+    return _input_grad(d, real, channels).flatten(1).pow(2).sum(1).mean()
 
 
 def feature_matching(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:

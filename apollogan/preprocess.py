@@ -442,17 +442,21 @@ def data_mismatch(manifest: dict, data) -> str | None:
 def folder_lock(out: Path):
     """One preprocess at a time into ``out``: an advisory lock on the folder itself (created if missing),
     held until the block ends, so a second one waits instead of deleting the first's shards as stale.
-    Nothing is left behind; where fcntl is missing (Windows) there is no lock."""
+    Nothing is left behind. Where there is no such lock (Windows: no fcntl; NFS and some other file
+    systems refuse flock on a folder) it goes on without one, as before the lock existed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
-    except ImportError:
+        fd = os.open(out, os.O_RDONLY)
+    except (ImportError, OSError):
         yield
         return
-    fd = os.open(out, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # unlocked, as above
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock

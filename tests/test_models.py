@@ -363,6 +363,22 @@ def _roll_of(pitch_classes, spec, steps=64):
     return x
 
 
+def test_penalties_take_their_gradients_on_the_roll_channels_only():
+    torch.manual_seed(0)
+    d = Discriminator(RollSpec(), 4, norm="none", in_channels=2)
+    real = (torch.rand(3, 1, 64, 256) < 0.1).float()
+    x = torch.cat([real, torch.ones_like(real)], 1)  # a roll and a condition channel after it
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(leaf).sum(), leaf)
+    roll_only, both = grad[:, :1].flatten(1).pow(2).sum(1).mean(), grad.flatten(1).pow(2).sum(1).mean()
+    assert torch.allclose(r1_penalty(d, x, channels=1), roll_only) and torch.allclose(r1_penalty(d, x), both)
+    assert both > roll_only * 1.01  # the condition's gradient is left out, not zero
+    fake = torch.cat([torch.rand(3, 1, 64, 256), torch.ones_like(real)], 1)
+    gp1 = gradient_penalty(d, x, fake, torch.Generator().manual_seed(1), channels=1)
+    gp2 = gradient_penalty(d, x, fake, torch.Generator().manual_seed(1))
+    assert gp1 > 0 and gp2 > 0 and not torch.allclose(gp1, gp2)
+
+
 def test_a_rolls_key_is_the_scale_holding_most_of_its_cells():
     from apollogan.models.dcgan import KeyScales
     spec = RollSpec()
@@ -466,6 +482,7 @@ def test_d_scale_shows_d_the_scale_of_each_rolls_own_key():
     spec = RollSpec()
     _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_scale=True, d_mbstd=2))
     _, plain = build_models(spec, ModelConfig(width=4, d_norm="none"))
+    d = d.to(memory_format=torch.channels_last)  # as training with train.channels_last has it
     assert d.features[0].in_channels == 2 and plain.features[0].in_channels == 1 and d.in_shape == (1, 64, 256)
     seen = []
     d.features[0].register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
@@ -473,6 +490,16 @@ def test_d_scale_shows_d_the_scale_of_each_rolls_own_key():
     assert d(x.contiguous(memory_format=torch.channels_last)).shape == (2,)
     keys = KeyScales(spec)
     assert torch.equal(seen[0][:, :1], x) and torch.equal(seen[0][:, 1:], keys.plane(torch.tensor([2, 5]), 256))
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    # keys from exact counts: C major's scale holds 1,009 cells and G major's 1,010, one number in bf16
+    close = torch.zeros(1, 1, 64, 256)
+    close[0, 0, [p for p in range(64) if (30 + p) % 12 in (0, 2, 4, 7, 9, 11)][:10], :100] = 1  # tones of both
+    close[0, 0, 11, :9] = 1  # F (row 11), in C major only
+    close[0, 0, 0, :10] = 1  # F# (row 0), in G major only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert keys.of(close).tolist() == [7]
+        close[0, 0, 11, :11] = 1  # now F outlasts F#
+        assert keys.of(close).tolist() == [0]
     x.requires_grad_(True)
     d(x).sum().backward()  # the plane is a constant of the roll: gradients reach the roll through the conv
     assert x.grad.abs().sum() > 0

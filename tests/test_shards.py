@@ -265,9 +265,12 @@ def test_two_runs_starting_at_once_preprocess_the_bundled_data_once(tmp_path):
     import subprocess
     import sys
     root = tmp_path / "nottingham"
-    code = ("import sys; from apollogan.preprocess import ensure_shards; "
+    # each process says it is ready, waits for the other, then both look for shards at the same moment
+    code = ("import sys, time, pathlib; from apollogan.preprocess import ensure_shards; "
+            f"t = pathlib.Path({str(tmp_path)!r}); (t / f'ready-{{sys.argv[1]}}').touch(); "
+            "[time.sleep(0.01) for _ in range(3000) if len(list(t.glob('ready-*'))) < 2]; "
             f"ensure_shards({str(root)!r}, log=lambda m: print(m, flush=True))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True) for i in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert sum("preprocessing the bundled data first" in log for log in logs) == 1, logs  # the other waited

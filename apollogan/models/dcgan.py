@@ -78,8 +78,9 @@ class KeyScales(nn.Module):
 
     def of(self, x: torch.Tensor) -> torch.Tensor:
         """Rolls [B, C, P, T] -> their keys [B] (long)."""
-        cells = x[:, self.sustain].float().sum(dim=(1, 3))  # [B, P]
-        return (cells @ self.rows.t()).argmax(1)
+        with torch.autocast(x.device.type, enabled=False):  # exact counts: bf16 would tie scales a few cells apart
+            cells = x[:, self.sustain].float().sum(dim=(1, 3))  # [B, P]
+            return (cells @ self.rows.t()).argmax(1)
 
     def plane(self, keys: torch.Tensor, steps: int) -> torch.Tensor:
         """Keys [B] -> [B, 1, P, steps]: 1 on the rows of each key's scale, at every step."""
@@ -87,7 +88,8 @@ class KeyScales(nn.Module):
 
     def of_plane(self, x: torch.Tensor) -> torch.Tensor:
         """The keys of rolls that carry their key's plane after their C channels (what D reads)."""
-        return (x[:, self.channels, :, 0].float() @ self.rows.t()).argmax(1)  # a scale matches itself best
+        with torch.autocast(x.device.type, enabled=False):
+            return (x[:, self.channels, :, 0].float() @ self.rows.t()).argmax(1)  # a scale matches itself best
 
 
 class Generator(nn.Module):
@@ -242,7 +244,8 @@ class Discriminator(nn.Module):
         if x.shape[1:] != self.in_shape:
             raise ValueError(f"rolls must be [B, {', '.join(map(str, self.in_shape))}], got {list(x.shape)}")
         if self.scale is not None:  # in the memory format of D's first convolution (train.channels_last)
-            w = self.features[0].weight
+            conv = self.features[0]  # (its stored weight: reading a spectral-normed one would run a power iteration)
+            w = conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight
             fmt = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() \
                 else torch.contiguous_format
             x = torch.cat([x, self.scale.plane(self.scale.of(x), x.shape[-1]).to(x.dtype)], 1).contiguous(memory_format=fmt)
@@ -357,6 +360,7 @@ class DCGAN(GANFamily):
         self.modules = {"G": G, "D": D}
         if G.keys is not None:
             self.sample_options = {"key": None}  # None: drawn from key_counts; or one key (key_number) for all
+            self.roll_channels = spec.channels  # the penalties hold the key's channel fixed
 
     def real_for_d(self, real, fmt=torch.contiguous_format):
         G = self.modules["G"]

@@ -64,7 +64,7 @@ def same_real(real, fmt=None):
 
 
 def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=contextlib.nullcontext,
-             make_fake=g_on_noise, real_for_d=same_real) -> dict:
+             make_fake=g_on_noise, real_for_d=same_real, roll_channels: int | None = None) -> dict:
     """``t.d_steps`` discriminator steps, then one generator step; returns detached figures.
 
     Real and fake rolls go through D separately (the reference's batch-norm statistics), each
@@ -74,7 +74,8 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
     ``make_fake(g_run, real, z)``: (the rolls D judges from noise ``z``, one per real window; what
     of them the mode-seeking ratio compares); families override ``GANFamily.make_fake``.
     ``real_for_d(real, fmt)``: a training batch as D sees it, and as ``make_fake`` gets it (the DCGAN
-    with model.key_cond appends each window's key).
+    with model.key_cond appends each window's key). ``roll_channels``: how many of the channels D sees
+    are the roll, which the penalties take their gradients on (None: all).
     """
     g_run, d_run = ctx.nets["G"], ctx.nets["D"]
     opt_g, opt_d = ctx.optimizers["G"], ctx.optimizers["D"]
@@ -99,12 +100,12 @@ def gan_step(ctx: StepContext, G, D, t, freeze_d: bool = True, penalty_context=c
         loss_d = loss_real.detach() + loss_fake.detach()
         if t.loss == "wgan-gp":
             with penalty_context():
-                gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator)
+                gp = t.gp_weight * gradient_penalty(D, real, fake, ctx.generator, roll_channels)
                 gp.backward()
             loss_d = loss_d + gp.detach()
         if t.r1 > 0 and (ctx.step * t.d_steps + k) % t.r1_every == 0:
             with penalty_context():  # in fp32, outside autocast; every r1_every-th D step, scaled to match
-                r1 = r1_penalty(D, real)
+                r1 = r1_penalty(D, real, roll_channels)
                 (t.r1 / 2 * t.r1_every * r1).backward()
             if ctx.log_now:  # |grad_x D(x)|^2 itself, on logged steps that apply it
                 out["Loss/R1"] = r1.detach()
@@ -169,10 +170,11 @@ class GANFamily:
 
     make_fake = staticmethod(g_on_noise)  # (the rolls D judges from noise z; what the mode-seeking ratio compares)
     real_for_d = staticmethod(same_real)  # a training batch as D sees it
+    roll_channels: int | None = None  # of the channels D sees, the roll's (the rest a condition); None: all
 
     def train_step(self, ctx: StepContext) -> dict:
         return gan_step(ctx, self.modules["G"], self.modules["D"], self.cfg.train, self.freeze_d, self.penalty_context,
-                        self.make_fake, self.real_for_d)
+                        self.make_fake, self.real_for_d, self.roll_channels)
 
     def describe(self) -> str:
         return f"G {count_params(self.modules['G']) / 1e6:.2f}M, D {count_params(self.modules['D']) / 1e6:.2f}M parameters"
