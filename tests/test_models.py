@@ -426,7 +426,8 @@ def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
     z = G.noise(3)
     fake, varied = fam.make_fake(G, seen, z)
     assert torch.equal(fake[:, 1:], seen[:, 1:]) and torch.equal(fake[:, :1], varied)  # the real windows' keys
-    assert torch.equal(varied, G(z, key=torch.tensor([2, 5, 5]))) and not torch.equal(varied, G(z, key=torch.zeros(3, dtype=torch.long)))
+    assert torch.equal(varied, G(z, key=torch.tensor([2, 5, 5])))
+    assert not torch.equal(varied, G(z, key=torch.zeros(3, dtype=torch.long)))
     assert D(fake).shape == (3,)
     # the key's pitch-class bias: key 5 (F major) raised on B flat moves those rows for that key only
     with torch.no_grad():
