@@ -30,7 +30,7 @@ def split_stats(shards: ShardSet, batch: int = 1024) -> dict:
         cells[lo:lo + len(x)] = x.sum(axis=(1, 2))
         pitch_hist += x.sum(axis=(0, 2))
         part_cells += rolls[:, :: spec.channels_per_part].sum(axis=(0, 2, 3))
-    pc_hist = np.bincount((spec.low + np.arange(spec.pitches)) % 12, weights=pitch_hist, minlength=12)
+    pc_hist = np.bincount(spec.pitch_classes, weights=pitch_hist, minlength=12)
     density = cells / (spec.pitches * spec.steps)
     return {"windows": n, "density_mean": float(density.mean()) if n else float("nan"),
             "density_std": float(density.std()) if n else float("nan"),

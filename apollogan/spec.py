@@ -116,6 +116,11 @@ class RollSpec:
         """Highest MIDI pitch inside the window (inclusive)."""
         return self.low + self.pitches - 1
 
+    @property
+    def pitch_classes(self) -> list[int]:
+        """The pitch class (0 = C) of each pitch row, low to high."""
+        return [(self.low + p) % 12 for p in range(self.pitches)]
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["part_tracks"] = list(self.part_tracks)

@@ -33,7 +33,7 @@ class ChordToneMap(nn.Module):
     def __init__(self, spec: RollSpec):
         super().__init__()
         pc = torch.zeros(spec.pitches, 12)
-        pc[torch.arange(spec.pitches), (spec.low + torch.arange(spec.pitches)) % 12] = 1
+        pc[torch.arange(spec.pitches), spec.pitch_classes] = 1
         self.register_buffer("pc", pc, persistent=False)  # fixed: not a weight, not in checkpoints
         self.k = spec.channels_per_part
 

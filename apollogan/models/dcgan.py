@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..config import DCGANConfig
-from ..midi import DIATONIC
+from ..metrics import SCALES
 from ..spec import RollSpec
 from .common import batches
 from .gan import GANFamily
@@ -42,7 +42,6 @@ def _widths(width: int, n: int) -> list[int]:
     return [width * 2 ** (n - 2 - i) for i in range(n - 1)]
 
 
-KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 
@@ -68,18 +67,15 @@ class KeyScales(nn.Module):
 
     def __init__(self, spec: RollSpec):
         super().__init__()
-        scale = torch.zeros(12, 12)
-        for k in range(12):
-            scale[k, [(k + q) % 12 for q in DIATONIC]] = 1.0
+        major = torch.from_numpy(SCALES[:12]).float()  # the metrics' major scales, [key, pitch class]
         # rows[k, p] = 1 when pitch row p is in key k's scale
-        self.register_buffer("rows", scale[:, (spec.low + torch.arange(spec.pitches)) % 12], persistent=False)
-        self.sustain = slice(0, spec.channels, spec.channels_per_part)
-        self.channels = spec.channels
+        self.register_buffer("rows", major[:, spec.pitch_classes], persistent=False)
+        self.spec = spec
 
     def of(self, x: torch.Tensor) -> torch.Tensor:
         """Rolls [B, C, P, T] -> their keys [B] (long)."""
         with torch.autocast(x.device.type, enabled=False):  # exact counts: bf16 would tie scales a few cells apart
-            cells = x[:, self.sustain].float().sum(dim=(1, 3))  # [B, P]
+            cells = self.spec.sustain(x[:, :self.spec.channels]).float().sum(dim=2)  # [B, P]
             return (cells @ self.rows.t()).argmax(1)
 
     def plane(self, keys: torch.Tensor, steps: int) -> torch.Tensor:
@@ -89,7 +85,7 @@ class KeyScales(nn.Module):
     def of_plane(self, x: torch.Tensor) -> torch.Tensor:
         """The keys of rolls that carry their key's plane after their C channels (what D reads)."""
         with torch.autocast(x.device.type, enabled=False):
-            return (x[:, self.channels, :, 0].float() @ self.rows.t()).argmax(1)  # a scale matches itself best
+            return (x[:, self.spec.channels, :, 0].float() @ self.rows.t()).argmax(1)  # a scale matches itself best
 
 
 class Generator(nn.Module):
@@ -113,7 +109,7 @@ class Generator(nn.Module):
         # A window's key in one place: 12 logit biases from the noise, each added to every row of its
         # pitch class, so a sample can hold off-scale pitch classes down in all octaves at once.
         self.key = nn.Linear(math.prod(self.noise_shape), 12) if key else None
-        self.register_buffer("pitch_class", (spec.low + torch.arange(spec.pitches)) % 12 if key else None,
+        self.register_buffer("pitch_class", torch.tensor(spec.pitch_classes) if key or key_cond else None,
                              persistent=False)
         self.noise_dim = noise_dim if noise == "flat" else None
         # flat noise: a vector mapped linearly onto the [7, 2, 8] grid
@@ -125,8 +121,6 @@ class Generator(nn.Module):
         if key_cond:
             self.key_cond_bias = nn.Embedding(12, 12)
             self.register_buffer("key_counts", torch.ones(12))
-            if self.pitch_class is None:
-                self.register_buffer("pitch_class", (spec.low + torch.arange(spec.pitches)) % 12, persistent=False)
         chans = [noise_channels + 12 * key_cond] + _widths(width, n)
 
         def up(cin, cout, bias, time):  # each doubles pitch, and time unless ``time`` is False
@@ -169,10 +163,9 @@ class Generator(nn.Module):
             onehot = nn.functional.one_hot(key, 12).to(z.dtype)
             h = torch.cat([z, onehot[:, :, None, None].expand(-1, -1, *z.shape[2:])], 1)
         raw = self.net[:-1](h)
-        if self.key is not None:
-            raw = raw + self.key(z.flatten(1))[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
-        if key is not None:
-            raw = raw + self.key_cond_bias(key)[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
+        for bias in ([self.key(z.flatten(1))] if self.key is not None else []) + \
+                ([self.key_cond_bias(key)] if key is not None else []):  # [B, 12]: onto every row of each class
+            raw = raw + bias[:, self.pitch_class].view(len(z), 1, -1, 1).to(raw.dtype)
         if self.hold > 1:
             raw = raw.repeat_interleave(self.hold, dim=-1)
         if self.onset_off is not None:
@@ -273,7 +266,7 @@ class ChromaStream(nn.Module):
         if beats < 16:
             raise ValueError(f"the chroma stream needs at least 16 beats; the roll has {beats}")
         fold = torch.zeros(12, spec.pitches)
-        fold[(spec.low + torch.arange(spec.pitches)) % 12, torch.arange(spec.pitches)] = 1.0
+        fold[spec.pitch_classes, torch.arange(spec.pitches)] = 1.0
         self.register_buffer("fold", fold, persistent=False)
         self.spb = spec.steps_per_beat
         self.channels = spec.channels  # the roll's own; not a key plane after them (model.key_cond)
@@ -367,7 +360,7 @@ class DCGAN(GANFamily):
         if G.keys is None:
             return real
         keys = G.keys.of(real)
-        G.key_counts += torch.bincount(keys, minlength=12).to(G.key_counts.dtype)
+        G.key_counts += nn.functional.one_hot(keys, 12).sum(0).to(G.key_counts.dtype)  # bincount syncs on CUDA
         return torch.cat([real, G.keys.plane(keys, real.shape[-1]).to(real.dtype)], 1).contiguous(memory_format=fmt)
 
     def make_fake(self, g_run, real, z):
