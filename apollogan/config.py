@@ -303,6 +303,9 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     if not isinstance(family, str) or family not in FAMILY_CONFIGS:
         raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILY_CONFIGS)}")
     cfg = Config(model=FAMILY_CONFIGS[family]())
+    # a layer that names a family of the other kind (a GAN preset trained as an lstm) keeps its
+    # shared train keys and leaves out the ones only its own kind reads, as it does its model keys
+    other_kind = LIKELIHOOD_TRAIN_KEYS if family in GAN_FAMILIES else GAN_TRAIN_KEYS
     for where, doc in layers:
         own = _layer_family(where, doc)
         for section, values in doc.items():
@@ -311,6 +314,8 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
             if section == "model" and own not in (None, family):
                 continue  # another family's model keys
             for k, v in values.items():
+                if section == "train" and own not in (None, family) and k in other_kind:
+                    continue
                 try:
                     _apply(cfg, f"{section}.{k}", v)
                 except UserError as e:

@@ -190,6 +190,18 @@ def test_family_options_are_refused_where_they_do_not_belong(tmp_path, chunks):
     # a preset of one family overridden to another keeps its shared keys and drops its model keys
     cfg = load_config("configs/quick.yaml", ["model.family=lstm"])
     assert cfg.model.family == "lstm" and cfg.model.hidden == 256 and cfg.train.steps == 1000
+    # ... and its GAN-only train keys, while the same key given for the lstm itself is refused
+    gan_preset = tmp_path / "gan.yaml"
+    gan_preset.write_text("model: {family: dcgan}\ntrain: {r1: 1.0, lr_g: 1.0e-3, steps: 77}\n")
+    assert load_config(gan_preset).train.r1 == 1.0
+    cfg = load_config(gan_preset, ["model.family=lstm"])
+    assert (cfg.train.r1, cfg.train.lr_g, cfg.train.steps) == (0.0, 2e-4, 77)
+    with pytest.raises(UserError, match="train.r1: a GAN option"):
+        load_config(gan_preset, ["model.family=lstm", "train.r1=1"])
+    lstm_preset = tmp_path / "lstm.yaml"
+    lstm_preset.write_text("model: {family: lstm}\ntrain: {lr: 0.01, batch_size: 8}\n")
+    cfg = load_config(lstm_preset, ["model.family=dcgan"])
+    assert (cfg.train.lr, cfg.train.batch_size) == (1e-3, 8)
 
     out = train(tiny(tmp_path, chunks, "ae", "train.steps=2"), **QUIET)
     with pytest.raises(UserError, match="the checkpoint is of family ae"):
