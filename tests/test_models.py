@@ -235,7 +235,7 @@ def test_feature_matching_is_zero_for_equal_means():
 def test_config_overrides_types_and_errors(tmp_path):
     cfg = load_config("configs/quick.yaml", ["train.steps=7", "train.lr_g=1e-3", "run.name=007", "train.compile=true"])
     assert cfg.train.steps == 7 and cfg.train.lr_g == 1e-3 and cfg.run.name == "007" and cfg.train.compile is True
-    assert cfg.model.width == 16 and cfg.model.g_upsample == "nearest"  # from the preset
+    assert cfg.model.width == 24 and cfg.model.g_upsample == "nearest"  # from the preset
     for bad, msg in [("train.stepz=1", "train.stepz: unknown key"), ("nope.x=1", "nope.x: unknown key"),
                      ("train.steps=1.5", "train.steps: expected int"), ("train.steps=abc", "expected int"),
                      ("train.amp=fp8", "not one of"), ("train.steps", "KEY=VALUE"),
