@@ -121,7 +121,8 @@ class CondGANConfig:
 FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae": VAEConfig,
                   "lstm_gan": LSTMGANConfig, "cond_gan": CondGANConfig}
 GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
-# train keys that only one kind of family reads: setting them for the other kind is refused
+# train keys that only one kind of family reads: setting them for the other kind is refused (a preset
+# of one kind overridden to the other leaves them out: load_config)
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
                   "r1_every", "diffaug", "mode_seeking", "mode_seeking_on")
 LIKELIHOOD_TRAIN_KEYS = ("lr", "grad_clip")
@@ -270,7 +271,9 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     """Defaults <- ``base`` (a stored config) <- YAML file <- KEY=VALUE overrides.
 
     The model section's type is the family's (``model.family``, last setting wins); model keys of a
-    layer that names another family are that family's and are left out.
+    layer that names another family are that family's and are left out, and so are the train keys
+    that only its kind of family reads when that kind is not the final family's (a GAN preset
+    trained as an lstm). Overrides are never left out.
     """
     layers = []
     if base:
@@ -314,7 +317,8 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
             if section == "model" and own not in (None, family):
                 continue  # another family's model keys
             for k, v in values.items():
-                if section == "train" and own not in (None, family) and k in other_kind:
+                if section == "train" and own is not None and (own in GAN_FAMILIES) != (family in GAN_FAMILIES) \
+                        and k in other_kind:
                     continue
                 try:
                     _apply(cfg, f"{section}.{k}", v)

@@ -202,6 +202,10 @@ def test_family_options_are_refused_where_they_do_not_belong(tmp_path, chunks):
     lstm_preset.write_text("model: {family: lstm}\ntrain: {lr: 0.01, batch_size: 8}\n")
     cfg = load_config(lstm_preset, ["model.family=dcgan"])
     assert (cfg.train.lr, cfg.train.batch_size) == (1e-3, 8)
+    # a preset of the same kind keeps every train key, so a stray GAN key is refused, not dropped
+    lstm_preset.write_text("model: {family: lstm}\ntrain: {loss: hinge}\n")
+    with pytest.raises(UserError, match="train.loss: a GAN option"):
+        load_config(lstm_preset, ["model.family=vae"])
 
     out = train(tiny(tmp_path, chunks, "ae", "train.steps=2"), **QUIET)
     with pytest.raises(UserError, match="the checkpoint is of family ae"):
