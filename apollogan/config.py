@@ -306,19 +306,19 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     if not isinstance(family, str) or family not in FAMILY_CONFIGS:
         raise UserError(f"model.family: {family!r} is not one of {', '.join(FAMILY_CONFIGS)}")
     cfg = Config(model=FAMILY_CONFIGS[family]())
-    # a layer that names a family of the other kind (a GAN preset trained as an lstm) keeps its
-    # shared train keys and leaves out the ones only its own kind reads, as it does its model keys
-    other_kind = LIKELIHOOD_TRAIN_KEYS if family in GAN_FAMILIES else GAN_TRAIN_KEYS
     for where, doc in layers:
         own = _layer_family(where, doc)
+        # a layer that names a family of the other kind (a GAN preset trained as an lstm) keeps its
+        # shared train keys and leaves out the ones only its own kind reads, as it does its model keys
+        other_kind = own is not None and (own in GAN_FAMILIES) != (family in GAN_FAMILIES)
+        skip_train = (GAN_TRAIN_KEYS if own in GAN_FAMILIES else LIKELIHOOD_TRAIN_KEYS) if other_kind else ()
         for section, values in doc.items():
             if not isinstance(values, dict):
                 raise UserError(f"{where}: section {section!r} must be a mapping")
             if section == "model" and own not in (None, family):
                 continue  # another family's model keys
             for k, v in values.items():
-                if section == "train" and own is not None and (own in GAN_FAMILIES) != (family in GAN_FAMILIES) \
-                        and k in other_kind:
+                if section == "train" and k in skip_train:
                     continue
                 try:
                     _apply(cfg, f"{section}.{k}", v)
