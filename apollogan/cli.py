@@ -20,12 +20,17 @@ def run(main) -> None:
     """Call ``main()`` and turn user errors and Ctrl-C into one line and an exit code."""
     try:
         code = main()
+        sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`... --dry-run | head`): not an error to report
+        # point stdout at /dev/null so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except OSError as e:  # an output path that cannot be written: not a directory, no permission, disk full
         where = e.filename if e.filename is not None else "I/O"
         print(f"error: {where}: {e.strerror or e}", file=sys.stderr)

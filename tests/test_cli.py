@@ -1,4 +1,5 @@
 """The data commands as a user runs them: decode, inspect, and --help everywhere."""
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,15 @@ def test_inspect_reports_counts_histograms_and_a_picture(midi_dir, tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 100
     r = run("apollogan.inspect", tmp_path / "nowhere")
     assert r.returncode == 2 and "no manifest" in r.stderr
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_an_error():
+    # `ablate ... --dry-run | head -1`: the pipe closes before the command has written everything
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "apollogan.ablate", "configs/ablations/smoke.yaml", "--dry-run"],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert r.stderr == "" and r.returncode == 141
