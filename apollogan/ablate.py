@@ -199,15 +199,22 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
     (once per set of data options) when ``build_data``."""
     out, built = [], set()
     py = sys.executable if build_data else "python"  # a dry run prints the command as a user would type it
+    # the bundled tunes' folders: the default one, and the base's own when it names the folder made with its
+    # data options (configs/quick.yaml: chunks/nottingham-key); a cell on either gets the folder of its options
+    try:
+        base = load_config(ab.base, ab.overrides).data
+    except UserError as e:
+        raise UserError(f"overrides: {e}") from None
+    bundled = {DEFAULT_OUT, bundled_root(base)} if Path(base.root) == bundled_root(base) else {DEFAULT_OUT}
     for cell in ab.cells:
         overrides = ab.overrides + cell.overrides
         try:
             cfg = load_config(ab.base, overrides)
         except UserError as e:
             raise UserError(f"cell {cell.name}: {e}") from None
-        if Path(cfg.data.root) == DEFAULT_OUT:  # the bundled tunes: the folder made with this cell's options
+        if Path(cfg.data.root) in bundled:
             root = bundled_root(cfg.data)
-            if root != DEFAULT_OUT:
+            if root != Path(cfg.data.root):
                 overrides = overrides + [f"data.root={root}"]
             if build_data and root not in built:
                 ensure_shards(root, cfg.data, log=log)

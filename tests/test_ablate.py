@@ -65,6 +65,7 @@ variants:
 
 
 def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
+    # a base on the default bundled folder (chunks/nottingham)
     f = write(tmp_path / "onset.yaml", "base: configs/quick.yaml\ngrid: {data.onset: [false, true]}\n")
     jobs = {j.cell: j for j in plan(load_ablation(f), build_data=False)}
     assert not any(a.startswith("data.root=") for a in jobs["onset=false"].train_cmd)
@@ -72,6 +73,18 @@ def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
     f = write(tmp_path / "key.yaml", "base: configs/quick.yaml\ngrid: {data.key_normalize: [true]}\n")
     (job,) = plan(load_ablation(f), build_data=False)
     assert "data.root=chunks/nottingham-key" in job.train_cmd
+    # a base on the bundled folder made with its own options
+    base = write(tmp_path / "base.yaml", "data: {root: chunks/nottingham-key, key_normalize: true}\n")
+    f = write(tmp_path / "keyed.yaml", f"base: {base}\nvariants: {{same: [], onset: [data.onset=true], "
+                                       "written: [data.key_normalize=false]}\n")
+    jobs = {j.cell: j for j in plan(load_ablation(f), build_data=False)}
+    assert not any(a.startswith("data.root=") for a in jobs["same"].train_cmd)
+    assert "data.root=chunks/nottingham-onset-key" in jobs["onset"].train_cmd
+    assert "data.root=chunks/nottingham" in jobs["written"].train_cmd
+    # a folder of the user's own is never swapped for a bundled one
+    f = write(tmp_path / "own.yaml", f"base: {base}\noverrides: [data.root=mine]\nvariants: {{onset: [data.onset=true]}}\n")
+    (job,) = plan(load_ablation(f), build_data=False)
+    assert [a for a in job.train_cmd if a.startswith("data.root=")] == ["data.root=mine"]
 
 
 @pytest.mark.parametrize("text, says", [
