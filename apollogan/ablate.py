@@ -200,12 +200,15 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
     out, built = [], set()
     py = sys.executable if build_data else "python"  # a dry run prints the command as a user would type it
     # the bundled tunes' folders: the default one, and the base's own when it names the folder made with its
-    # data options (configs/quick.yaml: chunks/nottingham-key); a cell on either gets the folder of its options
+    # data options (data.root=chunks/nottingham-key with data.key_normalize=true); a cell on either gets the
+    # folder of its own options
+    bundled = {DEFAULT_OUT}
     try:
         base = load_config(ab.base, ab.overrides).data
-    except UserError as e:
-        raise UserError(f"overrides: {e}") from None
-    bundled = {DEFAULT_OUT, bundled_root(base)} if Path(base.root) == bundled_root(base) else {DEFAULT_OUT}
+        if Path(base.root) == bundled_root(base):
+            bundled.add(Path(base.root))
+    except UserError:  # valid only with each cell's overrides: the cells below report what is wrong
+        pass
     for cell in ab.cells:
         overrides = ab.overrides + cell.overrides
         try:

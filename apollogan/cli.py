@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import tempfile
 from pathlib import Path
@@ -27,8 +28,12 @@ def run(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the reader went away (`... --dry-run | head`): not an error to report
-        # point stdout at /dev/null so that the interpreter's last flush does not fail again
+    except BrokenPipeError as e:
+        if not _stdout_reader_gone():  # another pipe broke (a worker's, say): that is an error
+            print(f"error: {e.filename or 'I/O'}: {e.strerror or e}", file=sys.stderr)
+            sys.exit(2)
+        # the reader of stdout went away (`... --dry-run | head`): not an error to report; stdout goes
+        # to /dev/null so that the interpreter's last flush does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except OSError as e:  # an output path that cannot be written: not a directory, no permission, disk full
@@ -36,6 +41,16 @@ def run(main) -> None:
         print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout: assume so
+        return True
 
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:

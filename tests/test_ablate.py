@@ -87,6 +87,13 @@ def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
     assert [a for a in job.train_cmd if a.startswith("data.root=")] == ["data.root=mine"]
 
 
+def test_overrides_that_hold_only_with_each_cells_own_are_planned(tmp_path):
+    # train.r1_every alone is refused (it needs train.r1), but every cell sets train.r1
+    f = write(tmp_path / "r1.yaml", "base: configs/ablations/base.yaml\noverrides: [train.r1_every=4]\n"
+                                    "variants: {g1: [train.r1=1], g3: [train.r1=3]}\n")
+    assert [j.cell for j in plan(load_ablation(f), build_data=False)] == ["g1", "g3"]
+
+
 @pytest.mark.parametrize("text, says", [
     ("grid: {train.loss: [bce]}\n", "expected a mapping with at least `base"),
     ("base: configs/quick.yaml\ngrid: {train.loss: [bce, nope]}\n", "cell loss=nope: train.loss: 'nope' is not one of"),

@@ -63,3 +63,12 @@ def test_a_reader_that_goes_away_is_not_reported_as_an_error():
     finally:
         os.close(write_end)
     assert r.stderr == "" and r.returncode == 141
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error():
+    # stdout is open: the broken pipe is another one (a worker's), which is reported, not hidden
+    code = ("from apollogan.cli import run\n"
+            "def main():\n    print('started')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "run(main)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stdout == "started\n" and r.stderr == "error: I/O: Broken pipe\n"
