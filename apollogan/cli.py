@@ -28,15 +28,12 @@ def run(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError as e:
-        if not _stdout_reader_gone():  # another pipe broke (a worker's, say): that is an error
-            print(f"error: {e.filename or 'I/O'}: {e.strerror or e}", file=sys.stderr)
-            sys.exit(2)
-        # the reader of stdout went away (`... --dry-run | head`): not an error to report; stdout goes
-        # to /dev/null so that the interpreter's last flush does not fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except OSError as e:  # an output path that cannot be written: not a directory, no permission, disk full
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+            # the reader of stdout went away (`... --dry-run | head`): not an error to report; stdout goes
+            # to /dev/null so that the interpreter's last flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
         where = e.filename if e.filename is not None else "I/O"
         print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
