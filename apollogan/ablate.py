@@ -452,15 +452,14 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
     hw = sorted({f.get("hardware", "?") for f in finals})
     lines = [f"# Ablation {ab.name}", ""] + ([ab.description.strip(), ""] if ab.description else [])
     ev = f"--num {ab.eval_num} --seed {ab.eval_seed}" + (f" {' '.join(ab.eval_args)}" if ab.eval_args else "")
-    lines += [f"Base {ab.base}; {len(ab.cells)} cells x {len(ab.seeds)} seeds; evaluation {ev}; "
+    lines += [f"Base {ab.base}; {_count(len(ab.cells), 'cell')} x {_count(len(ab.seeds), 'seed')}; evaluation {ev}; "
               f"hardware: {'; '.join(hw) or '-'}.", "",
               f"Each entry: mean ± std over seeds. Free samples are scored against the validation windows in "
               f"{first['meter'] if first and 'meter' in first else 'their meter'}. Best per column in bold: lowest "
               "overall, memorisation and wall time; most steps and samples/s; metrics: closest to real.", ""]
     lines += table([c for c in HEADLINE if c in cols] + list(COST))
     lines += ["", "Every metric (generated mean):", ""] + table(metric_names)
-    lines += ["", "Cells:", ""] + [f"- `{c.name}`: {' '.join(c.overrides + c.evaluate) or '(the base preset)'}"
-                                   for c in ab.cells]
+    lines += ["", "Cells:", ""] + [f"- `{c.name}`: {_cell_text(ab, c)}" for c in ab.cells]
     if failed:
         lines += ["", f"Failed runs ({len(failed)}):", ""] + [f"- {f['failed']}" for f in failed]
     return "\n".join(lines) + "\n"
@@ -517,6 +516,20 @@ def _line(res: dict) -> str:
     return f"{res['run']}: {how}, overall {ev['overall']:.3f}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _cell_text(ab: Ablation, cell: Cell) -> str:
+    own = " ".join(cell.overrides + cell.evaluate)
+    return own or ("(the file's overrides only)" if ab.overrides else "(the base preset)")
+
+
+def _scope(ab: Ablation, runs: int) -> str:
+    return (f"{ab.name}: {_count(len(ab.cells), 'cell')} x {_count(len(ab.seeds), 'seed')} = "
+            f"{_count(runs, 'run')} in {ab.runs_dir}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m apollogan.ablate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -541,15 +554,14 @@ def main(argv=None) -> int:
     ab = load_ablation(a.file, a.seeds, a.steps)
     if a.dry_run:
         jobs = plan(ab, build_data=False)
-        print(f"{ab.name}: {len(ab.cells)} cells x {len(ab.seeds)} seeds = {len(jobs)} runs in {ab.runs_dir}")
+        print(_scope(ab, len(jobs)))
         for c in ab.cells:
-            print(f"  {c.name}: {' '.join(c.overrides + c.evaluate) or '(the base preset)'}")
+            print(f"  {c.name}: {_cell_text(ab, c)}")
         for j in jobs:
             print(shlex.join(j.train_cmd))
         return 0
     jobs = plan(ab, build_data=True, jobs=a.jobs if a.executor == "local" else 1)
-    print(f"{ab.name}: {len(ab.cells)} cells x {len(ab.seeds)} seeds = {len(jobs)} runs in {ab.runs_dir}",
-          file=sys.stderr)
+    print(_scope(ab, len(jobs)), file=sys.stderr)
     if a.executor == "local":
         results = run_local(jobs, a.jobs)
     else:

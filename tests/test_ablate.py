@@ -120,6 +120,13 @@ def test_dry_run_prints_every_train_command(tmp_path, capsys, monkeypatch):
     assert len(cmds) == 4 and out[0].startswith("smoke: 2 cells x 2 seeds = 4 runs")
     assert sum("train.loss=hinge" in c for c in cmds) == 2 and sum("run.name=loss=bce-s1" in c for c in cmds) == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "chunks").exists()  # nothing trained or built
+    monkeypatch.chdir(REPO)  # one cell, one seed: singular counts; a cell without overrides of its own
+    for extra, says in (("", "(the base preset)"), ("overrides: [train.lr_d=1e-4]\n", "(the file's overrides only)")):
+        one = write(tmp_path / "one.yaml", f"base: configs/quick.yaml\n{extra}variants: {{a: []}}\n")
+        assert ablate_main([str(one), "--dry-run"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[:2] == [f"one: 1 cell x 1 seed = 1 run in {Path('runs/ablations/one')}", f"  a: {says}"]
+        assert ("train.lr_d=1e-4" in out[2]) == bool(extra)
 
 
 def run_ablate(cwd, *args):
