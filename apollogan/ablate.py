@@ -51,7 +51,7 @@ from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import read_manifest
 
 FILE_KEYS = {"base", "seeds", "first_seed", "steps", "overrides", "grid", "variants", "evaluate", "description"}
-EVALUATE_KEYS = {"num", "seed", "args"}
+EVALUATE_KEYS = {"num", "seed", "args", "checkpoint"}
 NO_DECIMALS = ("steps", "wall_s", "samples_per_s")
 
 
@@ -73,6 +73,7 @@ class Ablation:
     cli_steps: int | None = None  # --steps: every run's, over the cells' and the file's
     eval_num: int = 1000
     eval_seed: int = 0
+    eval_checkpoint: str = "last"  # or best: best.pt, chosen during training on the training windows
     eval_args: list[str] = field(default_factory=list)
     description: str = ""
 
@@ -103,6 +104,7 @@ class Job:
     ckpt_dir: str
     cwd: str
     threads: int = 0  # OMP/MKL threads for the subprocesses (0: torch's default)
+    eval_checkpoint: str = "last"
     config: dict = field(default_factory=dict)  # the run's resolved config, to tell a changed base preset
 
 
@@ -178,7 +180,9 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
         raise UserError(f"{path}: two cells would share the run name {next(n for n in names if names.count(n) > 1)}")
     ev = doc.get("evaluate") or {}
     if not isinstance(ev, dict) or set(ev) - EVALUATE_KEYS:
-        raise UserError(f"{path}: evaluate: expected a mapping with num, seed and/or args")
+        raise UserError(f"{path}: evaluate: expected a mapping with num, seed, args and/or checkpoint")
+    if ev.get("checkpoint", "last") not in ("last", "best"):
+        raise UserError(f"{path}: evaluate.checkpoint: expected last or best, got {ev['checkpoint']!r}")
     n_seeds = seeds if seeds is not None else doc.get("seeds", 1)
     n_steps = doc.get("steps")
     first = doc.get("first_seed", 0)  # fresh seeds for a confirmation round: first_seed, first_seed + 1, ...
@@ -190,7 +194,7 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
         raise UserError(f"{path}: evaluate.args: expected a list of evaluate arguments, for example [--bernoulli]")
     return Ablation(name=_slug(Path(path).stem), base=str(base), cells=cells, seeds=list(range(first, first + n_seeds)),
                     steps=n_steps, cli_steps=steps, overrides=_overrides(f"{path}: overrides", doc.get("overrides") or []),
-                    eval_num=ev.get("num", 1000), eval_seed=ev.get("seed", 0),
+                    eval_num=ev.get("num", 1000), eval_seed=ev.get("seed", 0), eval_checkpoint=ev.get("checkpoint", "last"),
                     eval_args=[str(x) for x in ev.get("args", [])], description=str(doc.get("description", "")))
 
 
@@ -236,14 +240,18 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
             train_cmd = [py, "-m", "apollogan.train", "--config", ab.base, *overrides, *fixed,
                          f"run.name={run_name}", "run.numbered=false"]
             resume_cmd = [py, "-m", "apollogan.train", "--resume", str(ckpt_dir), f"train.steps={steps}"]
-            eval_cmd = [py, "-m", "apollogan.evaluate", "--checkpoint", str(ckpt_dir), "--num", str(ab.eval_num),
+            scored = ckpt_dir / "best.pt" if ab.eval_checkpoint == "best" else ckpt_dir
+            eval_cmd = [py, "-m", "apollogan.evaluate", "--checkpoint", str(scored), "--num", str(ab.eval_num),
                         "--seed", str(ab.eval_seed), "--meter", cfg.run.meter, *ab.eval_args, *cell.evaluate,
                         "--out", str(run_dir / "evaluate.json")]
             resolved = load_config(ab.base, overrides + fixed + [f"run.name={run_name}", "run.numbered=false"])
+            if ab.eval_checkpoint == "best" and not (resolved.run.metrics_every and resolved.run.keep_best):
+                raise UserError(f"cell {cell.name}: evaluate.checkpoint best needs run.metrics_every > 0 and "
+                                f"run.keep_best, which write best.pt")
             out.append(Job(ab.name, cell.name, seed, run_name, train_cmd, resume_cmd, eval_cmd, overrides,
                            ab.eval_args + cell.evaluate, steps, str(run_dir), str(ckpt_dir), os.getcwd(),
                            threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
-                           config=resolved.to_dict()))
+                           config=resolved.to_dict(), eval_checkpoint=ab.eval_checkpoint))
     return out
 
 
@@ -293,6 +301,9 @@ def _finished(job: Job) -> dict | None:
     if not path.is_file():
         return None
     final = json.loads(path.read_text())
+    if final.get("evaluated_checkpoint", "last") != job.eval_checkpoint:
+        raise UserError(f"{path}: this run was evaluated at its {final.get('evaluated_checkpoint', 'last')} checkpoint; "
+                        f"remove {path} to evaluate its {job.eval_checkpoint} one")
     if final.get("evaluate_args") != job.eval_args:
         raise UserError(f"{path}: this run was evaluated with other arguments ({' '.join(final.get('evaluate_args', []))}); "
                         f"remove {path} to evaluate it again")
@@ -343,7 +354,8 @@ def run_job(job: Job) -> dict:
         _call(job.eval_cmd, run_dir / "evaluate.log", job)
         ev = json.loads((run_dir / "evaluate.json").read_text())
         final = {"ablation": job.ablation, "cell": job.cell, "seed": job.seed, "run": job.run,
-                 "overrides": job.overrides, "evaluate_args": job.eval_args, "steps": job.steps,
+                 "overrides": job.overrides, "evaluate_args": job.eval_args, "evaluated_checkpoint": job.eval_checkpoint,
+                 "steps": job.steps,
                  "trained_steps": trained["steps"], "stopped_by": trained.get("stopped_by", "steps"),
                  "wall_s": round(wall + time.perf_counter() - t0, 2), "train_loop_s": trained["elapsed_s"],
                  "samples_per_s": trained["samples_per_s"], "hardware": hardware(),
@@ -451,7 +463,8 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
 
     hw = sorted({f.get("hardware", "?") for f in finals})
     lines = [f"# Ablation {ab.name}", ""] + ([ab.description.strip(), ""] if ab.description else [])
-    ev = f"--num {ab.eval_num} --seed {ab.eval_seed}" + (f" {' '.join(ab.eval_args)}" if ab.eval_args else "")
+    ev = f"--num {ab.eval_num} --seed {ab.eval_seed}" + (f" {' '.join(ab.eval_args)}" if ab.eval_args else "") + (
+        " of best.pt" if ab.eval_checkpoint == "best" else "")
     lines += [f"Base {ab.base}; {_count(len(ab.cells), 'cell')} x {_count(len(ab.seeds), 'seed')}; evaluation {ev}; "
               f"hardware: {'; '.join(hw) or '-'}.", "",
               f"Each entry: mean ± std over seeds. Free samples are scored against the validation windows in "

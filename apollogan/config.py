@@ -175,6 +175,9 @@ class RunConfig:
     # ... among the steps whose samples are at most this many times as alike (pair IoU) as real windows,
     # when any is (0: the overall figure alone); docs/ablations.md, round 9
     best_pair_iou: float = 3.0
+    # ... its figures against the training windows, so that best.pt's validation figure is not one it
+    # was chosen on (docs/ablations.md, round 32); val: against the validation windows
+    best_on: str = "train"
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)
@@ -209,6 +212,7 @@ CHOICES = {
     "train.loss": ("bce", "hinge", "wgan-gp"),
     "train.mode_seeking_on": ("rolls", "probabilities"),
     "train.amp": ("auto", "bf16", "off"),
+    "run.best_on": ("train", "val"),
 }
 
 

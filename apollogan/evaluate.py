@@ -15,7 +15,9 @@ For each metric: mean and std of the generated and the real validation windows, 
 the KS statistic between the two distributions. The overall figure is the mean over
 metrics of W1 divided by the real std (0 for identical distributions; scale-free).
 Memorisation: every generated roll's nearest training window by IoU of active cells,
-found exactly; the share above 0.5 / 0.8 / 0.95 and the closest cases.
+found exactly; the share above 0.5 / 0.8 / 0.95 and the closest cases. --split train compares
+with the training windows instead: a choice among a run's checkpoints made on them leaves the
+validation windows unseen, so the chosen checkpoint's validation figure is not optimistic.
 
 Rolls with parts (melody and accompaniment) are scored on the melody ("melody/..."), on all
 parts merged ("merged/..."), and by chord-tone rate and melody-accompaniment tonal distance.
@@ -193,21 +195,26 @@ def pair_iou(rolls: np.ndarray, n: int = DIVERSITY_ROLLS) -> float:
     return float(iou[i, j].double().mean())
 
 
+SPLIT_WORDS = {"val": "validation", "train": "training"}
+
+
 def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
-    """Which validation windows are in ``meter`` (numerator, denominator); refuses a meter with none."""
+    """Which windows of the split are in ``meter`` (numerator, denominator); refuses a meter with none."""
     r = val.records
     mask = val.in_meter(*meter)
     if not mask.any():
         counts = Counter(f"{n}/{d}" for n, d in zip(r["ts_num"].tolist(), r["ts_den"].tolist()))
         have = ", ".join(f"{m} ({c})" for m, c in counts.most_common())
-        raise UserError(f"{val.root}: no validation window in {meter[0]}/{meter[1]} to compare with "
+        raise UserError(f"{val.root}: no {SPLIT_WORDS[val.split]} window in {meter[0]}/{meter[1]} to compare with "
                         f"(its meters: {have or 'none'})")
     return mask
 
 
 def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
-                   per_roll: bool = False, meter: tuple[int, int] | None = None, device="cpu") -> dict:
-    """Metrics of rolls [N, C, P, T] against the real validation windows of ``root``, plus memorisation
+                   per_roll: bool = False, meter: tuple[int, int] | None = None, device="cpu",
+                   split: str = "val") -> dict:
+    """Metrics of rolls [N, C, P, T] against the real windows of ``root``'s ``split`` (the validation
+    windows; "train" to choose a checkpoint without looking at them), plus memorisation
     (of channel 0: the sustain of the melody when the rolls have parts, which a conditional model
     draws; its accompaniment is copied from real windows).
 
@@ -215,13 +222,13 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     windows in it only (bar metrics of 4/4 samples against 6/8 jigs would measure the meter, not
     the model); None: with every window (rolls of mixed meters, each scored with its own ``bar``).
     ``per_roll``: also the value of every metric for every roll, under "per_roll" (arrays, not JSON)."""
-    val = ShardSet(root, "val")
+    val = ShardSet(root, split)
     spec = val.spec
     gen = roll_metrics(rolls, spec, bar)
-    real = reference_metrics(root, "val", progress)
+    real = reference_metrics(root, split, progress)
     mask = same_meter(val, meter) if meter is not None else np.ones(len(val), bool)
     real = {k: v[mask] for k, v in real.items()}
-    result = {"samples": int(len(rolls)), "real_windows": int(len(next(iter(real.values())))),
+    result = {"samples": int(len(rolls)), "split": split, "real_windows": int(len(next(iter(real.values())))),
               "meter": f"{meter[0]}/{meter[1]}" if meter else "each window's own", **compare(gen, real)}
     # beside the overall figure, which compares windows one at a time: are the samples alike? (channel 0, as below)
     real_rolls = val.get(np.nonzero(mask)[0][np.unique(np.linspace(0, mask.sum() - 1, DIVERSITY_ROLLS).astype(np.int64))])
@@ -320,7 +327,8 @@ def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[n
 
 def markdown(result: dict) -> str:
     meter = f" in {result['meter']}" if result.get("meter", "").count("/") else ""
-    lines = [f"{result['samples']} samples vs {result['real_windows']} real validation windows{meter}",
+    which = SPLIT_WORDS[result.get("split", "val")]
+    lines = [f"{result['samples']} samples vs {result['real_windows']} real {which} windows{meter}",
              "", "| metric | generated | real | gap (real std) | W1 | KS |", "| --- | --- | --- | --- | --- | --- |"]
     for k, v in result["metrics"].items():
         lines.append(f"| {k} | {v['generated_mean']:.3f} ± {v['generated_std']:.3f} | {v['real_mean']:.3f} ± "
@@ -329,7 +337,7 @@ def markdown(result: dict) -> str:
     d = result.get("diversity")
     if d:
         lines += ["", f"diversity: two samples share {d['generated_pair_iou']:.3f} of their active cells (IoU, mean over "
-                      f"pairs), two real validation windows {d['real_pair_iou']:.3f}"]
+                      f"pairs), two real {which} windows {d['real_pair_iou']:.3f}"]
     m = result.get("memorisation")
     if m:
         lines += ["", f"memorisation: nearest training window IoU > 0.5: {m['above_0.5']:.1%}, > 0.8: "
@@ -381,6 +389,9 @@ def main(argv=None) -> int:
     ap.add_argument("--meter", default="4/4", help="time signature of generated rolls; they are compared with the "
                                                    "validation windows in it (default %(default)s; a conditional model's "
                                                    "rolls take the meters of their chords' windows)")
+    ap.add_argument("--split", choices=("val", "train"), default="val",
+                    help="the real windows to compare with: val (default), or train, to choose among a run's "
+                         "checkpoints without looking at the validation windows that then score the choice")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", action="store_true",
                     help="a checkpoint's raw weights, not their moving average (also for --against)")
@@ -412,8 +423,8 @@ def main(argv=None) -> int:
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
-        if len(val) and not family.wants_real(**opts):
-            same_meter(val, (num, den))  # and a meter the validation split does not have
+        if len(val) and not family.wants_real(**opts):  # and a meter the compared split does not have
+            same_meter(val if a.split == "val" else ShardSet(root, a.split, spec=spec, verify=False), (num, den))
         if a.against and not family.conditional:
             raise UserError(f"--against: compares a conditional model with another; {a.checkpoint} is {family.name}")
         against = None
@@ -447,7 +458,8 @@ def main(argv=None) -> int:
         rolls, bar, skipped, twins = encode_midi_folder(a.midi, spec)
         source = str(a.midi)
     result = {"source": source, "family": family_name, "data": str(root),
-              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter, device=device)}
+              **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter, device=device,
+                              split=a.split)}
     result["skipped"] = skipped
     if twins:
         result["twins_left_out"] = twins

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, sav
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
-from .evaluate import evaluate_rolls, same_meter
+from .evaluate import SPLIT_WORDS, evaluate_rolls, same_meter
 from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
@@ -323,7 +323,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         x = torch.from_numpy(data.shards.get(idx)).to(device, non_blocking=True).float()
         return x.contiguous(memory_format=fmt)
 
-    writer, sampling = None, {"has_val": False}
+    writer, sampling = None, {"has_val": False, "best_on": None}
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -444,13 +444,16 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 if writer and sampling["has_val"] and (
                         (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
                     final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
-                    overall = final.get("Metrics/overall", float("nan"))
+                    on = "Metrics/train/" if sampling["best_on"] == "train" else "Metrics/"
+                    overall = final.get(f"{on}overall", float("nan"))
+                    # such steps come after every other; the limit is a property of the data (real windows'
+                    # pair IoU, the validation split's as in round 9), not of the step
                     alike = too_alike(final.get("Metrics/pair_iou", 0.0), final.get("Metrics/pair_iou/real", 0.0),
-                                      cfg.run.best_pair_iou)  # such steps come after every other
+                                      cfg.run.best_pair_iou)
                     # main rank only (it alone scores), so no collective here: its own losses judge finiteness
                     if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (best is None or (
                             alike, overall) < (best.get("alike", False), best["overall"])) and int(first_bad) < 0:
-                        best = {"step": step, "overall": overall, "alike": alike}
+                        best = {"step": step, "overall": overall, "alike": alike, "on": sampling["best_on"]}
                         # before the step's checkpoint: a kill between the two redoes this step after resume
                         save_best(state(gather=False), ckpt_dir)
                 if step % cfg.run.checkpoint_every == 0 or last:
@@ -484,8 +487,9 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
         if best:
             note = (f"; the samples of every scored step were more alike than {cfg.run.best_pair_iou:g}x real windows"
                     if best.get("alike") else "")
+            on = SPLIT_WORDS[best.get("on", "val")]
             log(f"best.pt: step {best['step']}, training-time overall figure {best['overall']:.3f} "
-                f"({cfg.run.metrics_samples} samples){note}: {ckpt_dir / 'best.pt'}")
+                f"({cfg.run.metrics_samples} samples against the {on} windows){note}: {ckpt_dir / 'best.pt'}")
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
 
@@ -502,8 +506,15 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, cfg: Config, log
         except UserError as e:
             log(f"{e}: the metrics against real data are skipped (set run.meter to one of them)")
             has_val = False
+    best_on = cfg.run.best_on if has_val and cfg.run.keep_best and cfg.run.metrics_every else None
+    if best_on == "train" and not family.wants_real(**family.sample_options) and len(train_shards):
+        try:
+            same_meter(train_shards, meter_of(cfg.run.meter))
+        except UserError as e:
+            log(f"{e}: best.pt is chosen on the validation windows instead")
+            best_on = "val"
     seed, r = cfg.train.seed, cfg.run
-    out = {"has_val": has_val, "grid_real": None, "grid_look": None, "metrics_real": None,
+    out = {"has_val": has_val, "best_on": best_on, "grid_real": None, "grid_look": None, "metrics_real": None,
            "val_windows": torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None}
     if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
@@ -585,12 +596,17 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
     mem = res["memorisation"]
     for t in ("0.5", "0.8", "0.95"):
         writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
+    chosen_on = {}
+    if sampling["best_on"] == "train":  # the same rolls against the training windows, which choose best.pt
+        on = evaluate_rolls(rolls, root, bar, progress=False, memo=False, meter=meter, split="train")
+        chosen_on = {"Metrics/train/overall": on["overall"]}
+        writer.add_scalar("Metrics/train/overall", on["overall"], step)
     val = family.validate(sampling["val_windows"], nets=nets, device=device)
     for k, v in val.items():
         writer.add_scalar(k, v, step)
     return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
             "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
-            "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"],
+            "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"], **chosen_on,
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
 
 

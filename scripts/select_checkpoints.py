@@ -21,7 +21,13 @@ with more steps (round 12, ``quick-long``).
 
 Each checkpoint's scores are cached as JSON beside it (``step-NNNNNNN.eval-N.json``), so a second
 call only prints. Both rules choose on the validation windows the checkpoints are then scored
-against, so their figures are optimistic; the comparison between them is the point.
+against, so their figures are optimistic; the comparison between them is the point. With
+``--choose-on train`` they choose on figures of each kept checkpoint against the training windows
+instead (``--select-num`` samples, seed 1, cached the same way; the pair IoU limit stays K times
+the validation windows' own pair IoU, a property of the data rather than of any checkpoint), and
+the chosen checkpoint's 1,000-sample validation figure is an honest one:
+
+    python scripts/select_checkpoints.py quick-key7 --k 3 --choose-on train
 """
 from __future__ import annotations
 
@@ -61,15 +67,15 @@ def training_figures(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def scored(ckpt: Path, num: int) -> dict:
-    """1,000-sample (``num``) evaluation of one checkpoint, cached beside it."""
-    cache = ckpt.with_suffix(f".eval-{num}.json")
+def scored(ckpt: Path, num: int, split: str = "val", seed: int = 0) -> dict:
+    """``num``-sample evaluation of one checkpoint against the windows of ``split``, cached beside it."""
+    cache = ckpt.with_suffix(f".eval-{num}.json" if (split, seed) == ("val", 0) else f".eval-{split}-{num}-s{seed}.json")
     if not cache.exists():
         from apollogan.evaluate import main as evaluate
 
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = evaluate(["--checkpoint", str(ckpt), "--num", str(num), "--seed", "0", "--no-memorisation",
-                           "--out", str(cache)])
+            rc = evaluate(["--checkpoint", str(ckpt), "--num", str(num), "--seed", str(seed), "--no-memorisation",
+                           "--split", split, "--out", str(cache)])
         if rc:
             raise SystemExit(f"{ckpt}: evaluate exited with {rc}")
     res = json.loads(cache.read_text())
@@ -121,6 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs", type=Path, help="runs folder (default runs)")
     ap.add_argument("--checkpoints", default="checkpoints", type=Path, help="checkpoints folder (default checkpoints)")
     ap.add_argument("--curve", action="store_true", help="score every kept checkpoint and print the figures per step")
+    ap.add_argument("--choose-on", choices=("tensorboard", "train"), default="tensorboard",
+                    help="the figures the choices are made on: the training-time ones logged against the validation "
+                         "windows (default), or SELECT_NUM samples (seed 1) of each kept checkpoint against the "
+                         "training windows, which leaves the validation windows unseen until the chosen one is scored")
+    ap.add_argument("--select-num", type=int, default=256, help="samples per checkpoint with --choose-on train "
+                                                                 "(default 256, as training's run.metrics_samples)")
     a = ap.parse_args(argv)
     runs = sorted((a.runs / "ablations" / a.ablation).glob("*-s*"), key=lambda p: (
         cell_of(p.name), int(p.name.rsplit("-s", 1)[1])))
@@ -129,13 +141,21 @@ def main(argv=None) -> int:
         raise SystemExit(f"{a.runs / 'ablations' / a.ablation}: no runs")
     if a.curve:
         return curve(runs, a.checkpoints / "ablations" / a.ablation, a.num, a.k)
-    print("| run | checkpoints: step overall (pair IoU), training-time | last | best.pt | rule |")
+    made_on = "training-time" if a.choose_on == "tensorboard" else f"{a.select_num} samples vs training windows"
+    print(f"| run | checkpoints: step overall (pair IoU), {made_on} | last | best.pt | rule |")
     print("| --- | --- | --- | --- | --- |")
     picks = {c: [] for c in ("last", "best", "rule")}
     for run in runs:
         ckpt_dir = a.checkpoints / "ablations" / a.ablation / run.name
         kept = step_checkpoints(ckpt_dir)
-        train = training_figures(run)
+        if a.choose_on == "train":
+            print(f"{run.name}: scoring {len(kept)} checkpoints against the training windows", file=sys.stderr)
+            train = {s: scored(p, a.select_num, "train", seed=1) for s, p in kept.items()}
+            # the pair IoU limit stays the validation windows' (a property of the data, as in training)
+            real = scored(kept[max(kept)], a.num)["real_pair_iou"] if kept else 0.0
+            train = {s: {**f, "real_pair_iou": real} for s, f in train.items()}
+        else:
+            train = training_figures(run)
         steps = sorted(s for s in kept if s in train)
         if not steps:
             print(f"{run.name}: no kept checkpoint with training-time figures; skipped", file=sys.stderr)

@@ -67,6 +67,21 @@ def test_real_versus_real(chunks):
     assert far["overall"] > 5 * res["overall"]
 
 
+def test_rolls_are_compared_with_the_split_asked_for(chunks):
+    train, val = ShardSet(chunks, "train"), ShardSet(chunks, "val")
+    rolls, bars = train.get(np.arange(len(train))), window_bars(train)
+    on_train = evaluate_rolls(rolls, chunks, bars, progress=False, memo=False, split="train")
+    on_val = evaluate_rolls(rolls, chunks, bars, progress=False, memo=False)
+    # the training windows against themselves: identical distributions; against the validation windows: not
+    assert on_train["overall"] == 0.0 and on_val["overall"] > 0.1
+    assert (on_train["split"], on_train["real_windows"], on_val["split"], on_val["real_windows"]) == (
+        "train", len(train), "val", len(val))
+    # the windows in the run's meter: 141 of the training windows are in 4/4, 70 of the validation ones
+    four = evaluate_rolls(rolls[:50], chunks, 16, progress=False, memo=False, meter=(4, 4), split="train")
+    assert (four["real_windows"], int(val.in_meter(4, 4).sum())) == (141, 70)
+    assert markdown(four).startswith("50 samples vs 141 real training windows in 4/4")
+
+
 def test_pair_iou_known_answers():
     a = np.zeros((3, 4, 8), bool)
     a[0, 1, :2] = a[1, 1, :2] = True  # rolls 0 and 1 the same two cells, roll 2 empty

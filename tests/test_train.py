@@ -126,12 +126,15 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
     assert (Path(out["run_dir"]) / "config.yaml").is_file()
     assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["best.pt", "last.pt",
                                                                                 "step-0000003.pt", "step-0000006.pt"]
-    # best.pt is the step logged lowest, the steps whose samples are over 3x as alike as real windows last
+    # best.pt is the step logged lowest against the training windows, the steps whose samples are over 3x
+    # as alike as real windows last
     alike = {e.step: e.value > 3 * r.value for e, r in zip(ev.Scalars("Metrics/pair_iou/generated"),
                                                              ev.Scalars("Metrics/pair_iou/real"))}
-    lowest = min(ev.Scalars("Metrics/overall"), key=lambda e: (alike[e.step], e.value))
+    lowest = min(ev.Scalars("Metrics/train/overall"), key=lambda e: (alike[e.step], e.value))
     assert out["best"] == {"step": lowest.step, "overall": pytest.approx(lowest.value), "alike": alike[lowest.step],
-                           "checkpoint": str(Path(out["checkpoint"]).parent / "best.pt")}
+                           "on": "train", "checkpoint": str(Path(out["checkpoint"]).parent / "best.pt")}
+    # the same rolls scored against two sets of windows: the figures differ
+    assert [e.value for e in ev.Scalars("Metrics/train/overall")] != [e.value for e in ev.Scalars("Metrics/overall")]
 
 
 def test_keep_prunes_old_checkpoints_and_names_count_up(tmp_path, chunks):
@@ -297,10 +300,14 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
     import apollogan.train as tr
 
     scripted = {2: 3.0, 4: 1.0, 6: 2.0}  # the best is neither the first nor the last evaluation
-    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]]})
+    on_val = {2: 0.5, 4: 3.0, 6: 2.0}  # what the validation windows would choose: step 2
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/train/overall": scripted[a[6]],
+                                                            "Metrics/overall": on_val[a[6]]})
     a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
     best = load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")
-    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0, "alike": False}
+    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0, "alike": False, "on": "train"}
+    v = train(tiny(tmp_path / "v", chunks, "run.metrics_every=2", "run.best_on=val"), **QUIET)
+    assert v["best"]["step"] == 2 and v["best"]["overall"] == 0.5 and v["best"]["on"] == "val"
     assert load_checkpoint(a["checkpoint"])["step"] == 6 and a["best"]["step"] == 4
     # a resumed run compares with the best before the interruption: step 6 (2.0) does not replace step 4 (1.0)
     half = train(tiny(tmp_path / "b", chunks, "run.metrics_every=2", "train.steps=4"), **QUIET)
@@ -322,11 +329,12 @@ def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path,
     # step 2 has the lowest overall figure but its samples are 4.5x as alike as real windows (0.2);
     # step 4 is the best of the steps under 3x; step 6 is alike and worse
     scripted = {2: (1.0, 0.9), 4: (2.0, 0.5), 6: (1.5, 0.95)}
-    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]][0],
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/train/overall": scripted[a[6]][0],
                                                             "Metrics/pair_iou": scripted[a[6]][1],
                                                             "Metrics/pair_iou/real": 0.2})
     a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
-    assert load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")["best"] == {"step": 4, "overall": 2.0, "alike": False}
+    assert load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")["best"] == {"step": 4, "overall": 2.0, "alike": False,
+                                                                                  "on": "train"}
     # run.best_pair_iou=0: the overall figure alone; a limit of 5x lets step 2 through
     for k in ("0", "5"):
         b = train(tiny(tmp_path / k, chunks, "run.metrics_every=2", f"run.best_pair_iou={k}"), **QUIET)
@@ -350,11 +358,29 @@ def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path,
             load_config(None, [f"run.best_pair_iou={bad}"])
 
 
+def test_best_is_chosen_on_validation_windows_when_no_training_window_has_the_meter(tmp_path, chunks, monkeypatch):
+    import apollogan.train as tr
+
+    real_same_meter = tr.same_meter
+
+    def no_train_window(shards, meter):
+        if shards.split == "train":
+            raise UserError(f"{shards.root}: no training window in 4/4 to compare with")
+        return real_same_meter(shards, meter)
+
+    monkeypatch.setattr(tr, "same_meter", no_train_window)
+    lines = []
+    out = train(tiny(tmp_path, chunks, "run.metrics_every=3"), log=lines.append, progress=False)
+    assert out["best"]["on"] == "val" and "Metrics/train/overall" not in out
+    assert any(line.endswith("no training window in 4/4 to compare with: best.pt is chosen on the validation "
+                             "windows instead") for line in lines)
+
+
 def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, chunks, monkeypatch):
     import apollogan.train as tr
 
     scripted = {2: 3.0, 4: 2.0, 6: 1.0}
-    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/overall": scripted[a[6]]})
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/train/overall": scripted[a[6]]})
     cfg = ["run.metrics_every=2", "run.checkpoint_every=2", "run.keep=5"]
     a = train(tiny(tmp_path, chunks, *cfg), **QUIET)
     folder = Path(a["checkpoint"]).parent
@@ -363,7 +389,7 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     scripted[6] = 5.0
     b = train(tiny(tmp_path, chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
     best = load_checkpoint(folder / "best.pt")
-    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0, "alike": False}
+    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0, "alike": False, "on": "train"}
     # where the resumed checkpoint's best is no longer kept, the stale best.pt is removed and the
     # comparison starts afresh: step 6 (3.0) is written, not the abandoned path's 0.5
     scripted.update({2: 1.0, 4: 2.0, 6: 0.5})
@@ -373,5 +399,5 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     (folder / "step-0000002.pt").unlink()
     scripted[6] = 3.0
     e = train(tiny(tmp_path / "d", chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
-    assert e["best"] == {"step": 6, "overall": 3.0, "alike": False, "checkpoint": str(folder / "best.pt")}
-    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False}
+    assert e["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train", "checkpoint": str(folder / "best.pt")}
+    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train"}
