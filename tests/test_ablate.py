@@ -103,6 +103,9 @@ def test_overrides_that_hold_only_with_each_cells_own_are_planned(tmp_path):
     ("base: configs/quick.yaml\ngrids: {}\n", "unknown key(s) grids"),
     ("base: configs/quick.yaml\nseeds: null\n", "seeds: expected an integer >= 1, got None"),
     ("base: configs/quick.yaml\nevaluate: {args: --bernoulli}\n", "evaluate.args: expected a list"),
+    ("base: configs/quick.yaml\nevaluate: {checkpoint: first}\n", "evaluate.checkpoint: expected last or best, got 'first'"),
+    ("base: configs/quick.yaml\nevaluate: {checkpoint: best}\noverrides: [run.metrics_every=0]\nvariants: {a: []}\n",
+     "cell a: evaluate.checkpoint best needs run.metrics_every > 0 and run.keep_best"),
     ("base: configs/quick.yaml\ngrid: {data.meter: [6/8]}\n", "data.meter=6/8 trains on windows in 6/8, but run.meter=4/4"),
 ])
 def test_bad_ablation_files_are_one_line(tmp_path, text, says):
@@ -110,6 +113,31 @@ def test_bad_ablation_files_are_one_line(tmp_path, text, says):
     with pytest.raises(UserError) as e:
         plan(load_ablation(f), build_data=False)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_best_checkpoint_is_scored_when_the_file_asks_and_a_run_scored_otherwise_is_not_taken_as_done(tmp_path):
+    from apollogan.ablate import _finished
+
+    jobs = {}
+    for which in ("last", "best"):
+        f = write(tmp_path / f"{which}.yaml", f"base: configs/quick.yaml\nevaluate: {{checkpoint: {which}}}\n"
+                                                "variants: {a: []}\n")
+        jobs[which] = plan(load_ablation(f), build_data=False)[0]
+    ckpt = jobs["best"].eval_cmd[jobs["best"].eval_cmd.index("--checkpoint") + 1]
+    assert ckpt == str(Path(jobs["best"].ckpt_dir) / "best.pt")
+    assert jobs["last"].eval_cmd[jobs["last"].eval_cmd.index("--checkpoint") + 1] == jobs["last"].ckpt_dir
+    # a finished run scored at its last checkpoint does not count as done for a file that scores best.pt
+    job = jobs["best"]
+    job.cwd = str(tmp_path)
+    final = tmp_path / job.run_dir / "final.json"
+    final.parent.mkdir(parents=True)
+    final.write_text(json.dumps({"evaluate_args": [], "evaluated_checkpoint": "last", "config": job.config,
+                                 "steps": job.steps}))
+    with pytest.raises(UserError, match="evaluated at its last checkpoint; remove .* to evaluate its best one"):
+        _finished(job)
+    final.write_text(json.dumps({"evaluate_args": [], "evaluated_checkpoint": "best", "config": job.config,
+                                 "steps": job.steps}))
+    assert _finished(job)["evaluated_checkpoint"] == "best"
 
 
 def test_dry_run_prints_every_train_command(tmp_path, capsys, monkeypatch):

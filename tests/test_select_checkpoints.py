@@ -1,4 +1,5 @@
-"""scripts/select_checkpoints.py --curve: every kept checkpoint's cached scores, as a table per step."""
+"""scripts/select_checkpoints.py: --curve (every kept checkpoint's cached scores, as a table per step) and
+--choose-on train (choices made on the training windows)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -47,3 +48,22 @@ def test_curve_prints_each_run_per_step_and_the_mean_with_the_alike_runs_counted
     assert lines[6:] == ["| mean of other (runs with pair IoU above the limit) | - | 4.00 (0 of 1 above 3x) |",
                          "| mean of preset (runs with pair IoU above the limit) | 3.00 (1 of 3 above 3x) "
                          "| 1.50 (1 of 2 above 3x) |"]
+
+
+def test_choosing_on_the_training_windows_uses_their_figures_and_the_validation_pair_iou_limit(select, tmp_path, capsys):
+    runs, ckpts = tmp_path / "runs", tmp_path / "checkpoints"
+    (runs / "ablations" / "r" / "preset-s0").mkdir(parents=True)
+    folder = ckpts / "ablations" / "r" / "preset-s0"
+    # the validation figures (1,000 samples) would choose step 750; the training windows' choose step 250
+    for step, val, train in ((250, 4.0, 1.0), (500, 1.5, 2.0), (750, 0.5, 3.0)):
+        pair = 0.5 if step == 250 else 0.1
+        _kept(folder, step, val, pair)  # real pair IoU of the validation windows: 0.2, limit 0.6
+        # the training windows' own pair IoU (0.1) would put step 250 over the limit (0.5 > 0.3)
+        (folder / f"step-{step:07d}.eval-train-256-s1.json").write_text(json.dumps({
+            "overall": train, "diversity": {"generated_pair_iou": pair, "real_pair_iou": 0.1},
+            "metrics": {"note_density": {"generated_mean": 0.05}}}))
+    assert select.main(["r", "--choose-on", "train", "--runs", str(runs), "--checkpoints", str(ckpts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | checkpoints: step overall (pair IoU), 256 samples vs training windows | last | best.pt | rule |"
+    assert lines[2] == ("| preset-s0 | 250 1.00 (0.50), 500 2.00 (0.10), 750 3.00 (0.10) | 750: 0.50 (0.10) "
+                        "| 250: 4.00 (0.50) | 250: 4.00 (0.50) |")
