@@ -375,6 +375,11 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     best = ckpt.get("best") if ckpt else None
     if ckpt and env.main:
         best = reconcile_best(ckpt_dir, best, log)
+        if best and sampling["best_on"] and best.get("on", "val") != sampling["best_on"]:
+            # figures against other windows do not compare: the next scored step starts afresh
+            log(f"best.pt: step {best['step']} was chosen on the {SPLIT_WORDS[best.get('on', 'val')]} windows; "
+                f"the next scored step replaces it, chosen on the {SPLIT_WORDS[sampling['best_on']]} windows")
+            best = None
     first_bad = torch.tensor(-1, device=device)
     acc, grads = {}, {}  # figures summed over the log interval; gradient norms of the last logged step
     acc_n, last_log, last_time = 0, step, time.perf_counter()

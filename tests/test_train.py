@@ -348,11 +348,23 @@ def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path,
     scripted[4] = (2.0, 0.5)
     half = train(tiny(tmp_path / "d", chunks, "run.metrics_every=2", "train.steps=2"), **QUIET)
     old = load_checkpoint(half["checkpoint"])
-    old["best"] = {"step": 2, "overall": 1.0}
+    old["best"] = {"step": 2, "overall": 1.0, "on": "train"}
     torch.save(old, half["checkpoint"])
     torch.save(old, Path(half["checkpoint"]).parent / "best.pt")
     d = train(tiny(tmp_path / "d", chunks, "run.metrics_every=2"), resume=Path(half["checkpoint"]), **QUIET)
     assert d["best"]["step"] == 2
+    # one from before run.best_on (no "on") was chosen on the validation windows: its figure does not
+    # compare with the training windows', so the next scored step (4, worse by its figure) replaces it
+    half = train(tiny(tmp_path / "e", chunks, "run.metrics_every=2", "train.steps=2"), **QUIET)
+    old = load_checkpoint(half["checkpoint"])
+    old["best"] = {"step": 2, "overall": 1.0, "alike": False}
+    torch.save(old, half["checkpoint"])
+    torch.save(old, Path(half["checkpoint"]).parent / "best.pt")
+    lines = []
+    e = train(tiny(tmp_path / "e", chunks, "run.metrics_every=2"), resume=Path(half["checkpoint"]), log=lines.append,
+              progress=False)
+    assert e["best"]["step"] == 4 and e["best"]["on"] == "train"
+    assert "best.pt: step 2 was chosen on the validation windows; the next scored step replaces it" in "\n".join(lines)
     for bad in ("-1", "nan"):
         with pytest.raises(UserError, match=r"run.best_pair_iou: must be >= 0"):
             load_config(None, [f"run.best_pair_iou={bad}"])
