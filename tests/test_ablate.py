@@ -48,7 +48,7 @@ variants:
     assert load_ablation(f, seeds=3, steps=7).cli_steps == 7
     jobs = plan(load_ablation(f, seeds=1), build_data=False)
     j = next(j for j in jobs if j.cell == cell.name)
-    assert {j.steps for j in jobs} == {1000}  # the base preset's
+    assert {j.steps for j in jobs} == {1500}  # the base preset's
     f2 = write(tmp_path / "steps.yaml", "base: configs/quick.yaml\nsteps: 50\nvariants: {a: [], b: [train.steps=70]}\n")
     assert [j.steps for j in plan(load_ablation(f2), build_data=False)] == [50, 70]  # a cell's own budget wins
     assert [j.steps for j in plan(load_ablation(f2, steps=9), build_data=False)] == [9, 9]  # --steps beats both
@@ -65,12 +65,12 @@ variants:
 
 
 def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
-    # a base on the default bundled folder (chunks/nottingham)
-    f = write(tmp_path / "onset.yaml", "base: configs/quick.yaml\ngrid: {data.onset: [false, true]}\n")
+    # a base on the default bundled folder (chunks/nottingham): the preset of rounds 23 to 33
+    f = write(tmp_path / "onset.yaml", "base: configs/ablations/quick-r23.yaml\ngrid: {data.onset: [false, true]}\n")
     jobs = {j.cell: j for j in plan(load_ablation(f), build_data=False)}
     assert not any(a.startswith("data.root=") for a in jobs["onset=false"].train_cmd)
     assert "data.root=chunks/nottingham-onset" in jobs["onset=true"].train_cmd
-    f = write(tmp_path / "key.yaml", "base: configs/quick.yaml\ngrid: {data.key_normalize: [true]}\n")
+    f = write(tmp_path / "key.yaml", "base: configs/ablations/quick-r23.yaml\ngrid: {data.key_normalize: [true]}\n")
     (job,) = plan(load_ablation(f), build_data=False)
     assert "data.root=chunks/nottingham-key" in job.train_cmd
     # a base on the bundled folder made with its own options

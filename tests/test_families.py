@@ -189,7 +189,7 @@ def test_family_options_are_refused_where_they_do_not_belong(tmp_path, chunks):
             load_config(None, overrides)
     # a preset of one family overridden to another keeps its shared keys and drops its model keys
     cfg = load_config("configs/quick.yaml", ["model.family=lstm"])
-    assert cfg.model.family == "lstm" and cfg.model.hidden == 256 and cfg.train.steps == 1000
+    assert cfg.model.family == "lstm" and cfg.model.hidden == 256 and cfg.train.steps == 1500
     # ... and its GAN-only train keys, while the same key given for the lstm itself is refused
     gan_preset = tmp_path / "gan.yaml"
     gan_preset.write_text("model: {family: dcgan}\ntrain: {r1: 1.0, lr_g: 1.0e-3, steps: 77}\n")
