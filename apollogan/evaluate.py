@@ -210,6 +210,13 @@ def same_meter(val: ShardSet, meter: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def reference_in_meter(shards: ShardSet, meter: tuple[int, int] | None,
+                       progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The windows of a split in ``meter`` (all for None) and their cached per-window metrics."""
+    mask = same_meter(shards, meter) if meter is not None else np.ones(len(shards), bool)
+    return mask, {k: v[mask] for k, v in reference_metrics(shards.root, shards.split, progress).items()}
+
+
 def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bool = True,
                    per_roll: bool = False, meter: tuple[int, int] | None = None, device="cpu",
                    split: str = "val") -> dict:
@@ -223,11 +230,8 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     the model); None: with every window (rolls of mixed meters, each scored with its own ``bar``).
     ``per_roll``: also the value of every metric for every roll, under "per_roll" (arrays, not JSON)."""
     val = ShardSet(root, split)
-    spec = val.spec
-    gen = roll_metrics(rolls, spec, bar)
-    real = reference_metrics(root, split, progress)
-    mask = same_meter(val, meter) if meter is not None else np.ones(len(val), bool)
-    real = {k: v[mask] for k, v in real.items()}
+    gen = roll_metrics(rolls, val.spec, bar)
+    mask, real = reference_in_meter(val, meter, progress)
     result = {"samples": int(len(rolls)), "split": split, "real_windows": int(len(next(iter(real.values())))),
               "meter": f"{meter[0]}/{meter[1]}" if meter else "each window's own", **compare(gen, real)}
     # beside the overall figure, which compares windows one at a time: are the samples alike? (channel 0, as below)

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, sav
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
-from .evaluate import SPLIT_WORDS, evaluate_rolls, same_meter
+from .evaluate import SPLIT_WORDS, compare, evaluate_rolls, reference_in_meter, same_meter
 from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
@@ -602,10 +602,10 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
     for t in ("0.5", "0.8", "0.95"):
         writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
     chosen_on = {}
-    if sampling["best_on"] == "train":  # the same rolls against the training windows, which choose best.pt
-        on = evaluate_rolls(rolls, root, bar, progress=False, memo=False, meter=meter, split="train")
-        chosen_on = {"Metrics/train/overall": on["overall"]}
-        writer.add_scalar("Metrics/train/overall", on["overall"], step)
+    if sampling["best_on"] == "train":  # the same rolls' metrics against the training windows, which choose best.pt
+        train_real = reference_in_meter(ShardSet(root, "train", verify=False), meter, progress=False)[1]
+        chosen_on = {"Metrics/train/overall": compare(res["per_roll"]["generated"], train_real)["overall"]}
+        writer.add_scalar("Metrics/train/overall", chosen_on["Metrics/train/overall"], step)
     val = family.validate(sampling["val_windows"], nets=nets, device=device)
     for k, v in val.items():
         writer.add_scalar(k, v, step)
