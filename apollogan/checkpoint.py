@@ -77,6 +77,14 @@ def save_best(state: dict, ckpt_dir: Path) -> Path:
     return ckpt_dir / "best.pt"
 
 
+def with_weights(state: dict, weights: str) -> dict:
+    """``state`` whose moving-average entries (what sampling loads) hold the weights best.pt chose:
+    the moving average itself, or with ``"raw"`` the raw weights of the same modules."""
+    if weights != "raw":
+        return state
+    return {**state, "ema": {k: state["modules"][k] for k in state["ema"]}}
+
+
 def reconcile_best(ckpt_dir: Path, best: dict | None, log=print) -> dict | None:
     """On resume, best.pt must be the ``best`` of the checkpoint resumed from. One written later, by a
     run that went on from there and was then abandoned (or one that cannot be read), is replaced by
@@ -94,7 +102,10 @@ def reconcile_best(ckpt_dir: Path, best: dict | None, log=print) -> dict | None:
     was = "unreadable" if on_disk is None else f"step {on_disk}"
     kept = path.parent / f"step-{best['step']:07d}.pt" if best else None
     if kept is not None and kept.exists():
-        _link(kept, "best.pt")
+        if best.get("weights", "ema") == "raw":  # the kept step holds the moving average too: best.pt samples the raw
+            _write(with_weights(load_checkpoint(kept), "raw"), path)
+        else:
+            _link(kept, "best.pt")
         log(f"{path}: was {was}, not the best of the checkpoint resumed from; now {kept.name}")
         return best
     path.unlink()

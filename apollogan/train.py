@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint, too_alike
+from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint, too_alike, with_weights
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
 from .data import RollDataset
@@ -449,18 +449,22 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 if writer and sampling["has_val"] and (
                         (cfg.run.metrics_every and step % cfg.run.metrics_every == 0) or last):
                     final.update(log_metrics(writer, family, sample_nets, sampling, spec, root, step, cfg, device))
-                    on = "Metrics/train/" if sampling["best_on"] == "train" else "Metrics/"
-                    overall = final.get(f"{on}overall", float("nan"))
-                    # such steps come after every other; the limit is a property of the data (real windows'
+                    figure = "train/overall" if sampling["best_on"] == "train" else "overall"
+                    # (alike, overall, weights) of the moving average and, with run.best_raw, the raw weights;
+                    # alike ones come after every other; the limit is a property of the data (real windows'
                     # pair IoU, the validation split's as in round 9), not of the step
-                    alike = too_alike(final.get("Metrics/pair_iou", 0.0), final.get("Metrics/pair_iou/real", 0.0),
-                                      cfg.run.best_pair_iou)
+                    candidates = [(too_alike(final.get(f"{pre}pair_iou", 0.0), final.get("Metrics/pair_iou/real", 0.0),
+                                             cfg.run.best_pair_iou), final[pre + figure], weights)
+                                  for pre, weights in (("Metrics/", "ema"), ("Metrics/raw/", "raw"))
+                                  if (weights == "ema" or cfg.run.best_raw) and math.isfinite(final.get(pre + figure, float("nan")))]
                     # main rank only (it alone scores), so no collective here: its own losses judge finiteness
-                    if cfg.run.keep_best and cfg.run.metrics_every and math.isfinite(overall) and (best is None or (
-                            alike, overall) < (best.get("alike", False), best["overall"])) and int(first_bad) < 0:
-                        best = {"step": step, "overall": overall, "alike": alike, "on": sampling["best_on"]}
-                        # before the step's checkpoint: a kill between the two redoes this step after resume
-                        save_best(state(gather=False), ckpt_dir)
+                    if candidates and cfg.run.keep_best and cfg.run.metrics_every and int(first_bad) < 0:
+                        alike, overall, weights = min(candidates)
+                        if best is None or (alike, overall) < (best.get("alike", False), best["overall"]):
+                            best = {"step": step, "overall": overall, "alike": alike, "on": sampling["best_on"],
+                                    "weights": weights}
+                            # before the step's checkpoint: a kill between the two redoes this step after resume
+                            save_best(with_weights(state(gather=False), weights), ckpt_dir)
                 if step % cfg.run.checkpoint_every == 0 or last:
                     check_finite()
                     save()
@@ -493,7 +497,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             note = (f"; the samples of every scored step were more alike than {cfg.run.best_pair_iou:g}x real windows"
                     if best.get("alike") else "")
             on = SPLIT_WORDS[best.get("on", "val")]
-            log(f"best.pt: step {best['step']}, training-time overall figure {best['overall']:.3f} "
+            raw = " (G's raw weights, not their moving average)" if best.get("weights") == "raw" else ""
+            log(f"best.pt: step {best['step']}{raw}, training-time overall figure {best['overall']:.3f} "
                 f"({cfg.run.metrics_samples} samples against the {on} windows){note}: {ckpt_dir / 'best.pt'}")
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
@@ -601,11 +606,13 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
     mem = res["memorisation"]
     for t in ("0.5", "0.8", "0.95"):
         writer.add_scalar(f"Metrics/memorisation_above_{t}", mem[f"above_{t}"], step)
-    chosen_on = {}
+    chosen_on, train_real = {}, None
     if sampling["best_on"] == "train":  # the same rolls' metrics against the training windows, which choose best.pt
         train_real = reference_in_meter(ShardSet(root, "train", verify=False), meter, progress=False)[1]
         chosen_on = {"Metrics/train/overall": compare(res["per_roll"]["generated"], train_real)["overall"]}
         writer.add_scalar("Metrics/train/overall", chosen_on["Metrics/train/overall"], step)
+    if cfg.run.best_raw and sampling["best_on"]:
+        chosen_on.update(score_raw(writer, family, sampling, root, step, cfg, device, bar, meter, train_real))
     val = family.validate(sampling["val_windows"], nets=nets, device=device)
     for k, v in val.items():
         writer.add_scalar(k, v, step)
@@ -613,6 +620,31 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
             "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
             "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"], **chosen_on,
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
+
+
+@torch.no_grad()
+def score_raw(writer, family, sampling: dict, root: Path, step: int, cfg: Config, device, bar, meter,
+              train_real: dict | None) -> dict:
+    """run.best_raw: the raw weights' samples (the same noise as the moving average's), scored as
+    log_metrics scores those, so that best.pt can choose them. Swinging runs leave their moving
+    average drawing too few notes where the raw weights do not, and the reverse (round 35)."""
+    modes = {k: m.training for k, m in family.modules.items()}
+    for m in family.modules.values():
+        m.eval()  # batch norm from its running statistics, as sampling from a checkpoint does
+    try:
+        rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999),
+                              nets=family.modules, device=device, real=sampling["metrics_real"],
+                              **family.sample_options).numpy() >= 0.5
+    finally:
+        for k, m in family.modules.items():
+            m.train(modes[k])
+    res = evaluate_rolls(rolls, root, bar, progress=False, memo=False, per_roll=True, meter=meter)
+    out = {"Metrics/raw/overall": res["overall"], "Metrics/raw/pair_iou": res["diversity"]["generated_pair_iou"]}
+    if train_real is not None:
+        out["Metrics/raw/train/overall"] = compare(res["per_roll"]["generated"], train_real)["overall"]
+    for k, v in out.items():
+        writer.add_scalar(k, v, step)
+    return out
 
 
 def main(argv=None) -> int:

@@ -132,7 +132,8 @@ def test_tensorboard_holds_scalars_images_and_audio(tmp_path, chunks):
                                                              ev.Scalars("Metrics/pair_iou/real"))}
     lowest = min(ev.Scalars("Metrics/train/overall"), key=lambda e: (alike[e.step], e.value))
     assert out["best"] == {"step": lowest.step, "overall": pytest.approx(lowest.value), "alike": alike[lowest.step],
-                           "on": "train", "checkpoint": str(Path(out["checkpoint"]).parent / "best.pt")}
+                           "on": "train", "weights": "ema",
+                           "checkpoint": str(Path(out["checkpoint"]).parent / "best.pt")}
     # the same rolls scored against two sets of windows: the figures differ
     assert [e.value for e in ev.Scalars("Metrics/train/overall")] != [e.value for e in ev.Scalars("Metrics/overall")]
 
@@ -306,7 +307,8 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
                                                             "Metrics/overall": on_val[a[6]]})
     a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
     best = load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")
-    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0, "alike": False, "on": "train"}
+    assert best["step"] == 4 and best["best"] == {"step": 4, "overall": 1.0, "alike": False, "on": "train",
+                                                      "weights": "ema"}
     v = train(tiny(tmp_path / "v", chunks, "run.metrics_every=2", "run.best_on=val"), **QUIET)
     assert v["best"]["step"] == 2 and v["best"]["overall"] == 0.5 and v["best"]["on"] == "val"
     assert load_checkpoint(a["checkpoint"])["step"] == 6 and a["best"]["step"] == 4
@@ -335,7 +337,7 @@ def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path,
                                                             "Metrics/pair_iou/real": 0.2})
     a = train(tiny(tmp_path / "a", chunks, "run.metrics_every=2"), **QUIET)
     assert load_checkpoint(Path(a["checkpoint"]).parent / "best.pt")["best"] == {"step": 4, "overall": 2.0, "alike": False,
-                                                                                  "on": "train"}
+                                                                                  "on": "train", "weights": "ema"}
     # run.best_pair_iou=0: the overall figure alone; a limit of 5x lets step 2 through
     for k in ("0", "5"):
         b = train(tiny(tmp_path / k, chunks, "run.metrics_every=2", f"run.best_pair_iou={k}"), **QUIET)
@@ -371,6 +373,73 @@ def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path,
             load_config(None, [f"run.best_pair_iou={bad}"])
 
 
+def test_best_raw_scores_the_raw_weights_too_without_changing_the_training(tmp_path, chunks):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    extra = ["run.metrics_every=2", "run.metrics_samples=16", "model.width=8"]
+    off = train(tiny(tmp_path / "off", chunks, *extra), **QUIET)
+    on = train(tiny(tmp_path / "on", chunks, *extra, "run.best_raw=true"), **QUIET)
+    a, b = load_checkpoint(off["checkpoint"]), load_checkpoint(on["checkpoint"])
+    # the raw weights are sampled in eval mode with their own noise: the same seed trains the same weights
+    for part in ("modules", "ema"):
+        assert all(torch.equal(a[part]["G"][k], v) for k, v in b[part]["G"].items())
+    ev = EventAccumulator(on["run_dir"], size_guidance={"scalars": 0})
+    ev.Reload()
+    ema, raw = ({e.step: e.value for e in ev.Scalars(t)} for t in ("Metrics/train/overall", "Metrics/raw/train/overall"))
+    assert sorted(raw) == [2, 4, 6] and raw != ema and "Metrics/raw/train/overall" not in off
+    pair = {t: {e.step: e.value for e in ev.Scalars(t)} for t in ("Metrics/pair_iou/generated", "Metrics/raw/pair_iou")}
+    limit = 3 * ev.Scalars("Metrics/pair_iou/real")[0].value
+    cands = [(pair[t][s] > limit, fig[s], w, s) for fig, t, w in ((ema, "Metrics/pair_iou/generated", "ema"),
+                                                                 (raw, "Metrics/raw/pair_iou", "raw")) for s in fig]
+    alike, overall, weights, step = min(cands, key=lambda c: (c[0], c[1]))
+    assert (on["best"]["step"], on["best"]["weights"], on["best"]["alike"]) == (step, weights, alike)
+    assert on["best"]["overall"] == pytest.approx(overall)
+    best = load_checkpoint(Path(on["checkpoint"]).parent / "best.pt")
+    # what sampling loads is the raw G exactly when the raw weights were chosen
+    same = all(torch.equal(best["ema"]["G"][k], v) for k, v in best["modules"]["G"].items())
+    assert same == (weights == "raw")
+
+
+def test_best_raw_writes_the_raw_weights_as_what_best_pt_samples_and_keeps_them_on_resume(tmp_path, chunks,
+                                                                                       monkeypatch):
+    import apollogan.train as tr
+
+    ema = {2: 3.0, 4: 2.0, 6: 2.5}
+    raw = {2: (2.8, 0.3), 4: (1.5, 0.3), 6: (1.0, 0.3)}  # (overall, pair IoU): the real windows' is 0.2
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {
+        "Metrics/train/overall": ema[a[6]], "Metrics/pair_iou": 0.3, "Metrics/pair_iou/real": 0.2,
+        "Metrics/raw/train/overall": raw[a[6]][0], "Metrics/raw/pair_iou": raw[a[6]][1]})
+    cfg = ["run.metrics_every=2", "run.checkpoint_every=2", "run.keep=5"]
+    # without run.best_raw the raw figures are not candidates: the moving average of step 4
+    off = train(tiny(tmp_path / "off", chunks, *cfg), **QUIET)
+    assert (off["best"]["step"], off["best"]["weights"], off["best"]["overall"]) == (4, "ema", 2.0)
+    # with it, step 6's raw weights; a step whose raw samples are too alike is passed over
+    raw[6] = (1.0, 0.7)
+    a = train(tiny(tmp_path / "a", chunks, *cfg, "run.best_raw=true"), **QUIET)
+    assert (a["best"]["step"], a["best"]["weights"], a["best"]["overall"], a["best"]["alike"]) == (4, "raw", 1.5, False)
+    raw[6] = (1.0, 0.3)
+    b = train(tiny(tmp_path / "b", chunks, *cfg, "run.best_raw=true"), **QUIET)
+    folder = Path(b["checkpoint"]).parent
+    best, step6 = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "step-0000006.pt")
+    assert best["best"] == {"step": 6, "overall": 1.0, "alike": False, "on": "train", "weights": "raw"}
+    # what sampling loads ("ema") is the raw G; the moving average of the same step differs from it
+    assert all(torch.equal(best["ema"]["G"][k], v) for k, v in step6["modules"]["G"].items())
+    assert not all(torch.equal(best["ema"]["G"][k], v) for k, v in step6["ema"]["G"].items())
+    from apollogan.checkpoint import family_from_checkpoint
+    family = family_from_checkpoint(best)[0]
+    assert all(torch.equal(p, step6["modules"]["G"][k]) for k, p in family.modules["G"].state_dict().items())
+    # resumed from step 4 (whose best is step 4's raw weights), the run goes another way: best.pt is
+    # rewritten from the kept step 4 with its raw weights, not linked to its moving average
+    raw[6] = (5.0, 0.3)
+    lines = []
+    c = train(tiny(tmp_path / "b", chunks, *cfg, "run.best_raw=true"), resume=folder / "step-0000004.pt",
+              log=lines.append, progress=False)
+    best, step4 = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "step-0000004.pt")
+    assert c["best"]["step"] == best["step"] == 4 and best["best"]["weights"] == "raw"
+    assert all(torch.equal(best["ema"]["G"][k], v) for k, v in step4["modules"]["G"].items())
+    assert any("best.pt: step 4 (G's raw weights, not their moving average)" in line for line in lines)
+
+
 def test_best_is_chosen_on_validation_windows_when_no_training_window_has_the_meter(tmp_path, chunks, monkeypatch):
     import apollogan.train as tr
 
@@ -402,7 +471,8 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     scripted[6] = 5.0
     b = train(tiny(tmp_path, chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
     best = load_checkpoint(folder / "best.pt")
-    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0, "alike": False, "on": "train"}
+    assert b["best"]["step"] == best["step"] == 4 and best["best"] == {"step": 4, "overall": 2.0, "alike": False, "on": "train",
+                                                                     "weights": "ema"}
     # where the resumed checkpoint's best is no longer kept, the stale best.pt is removed and the
     # comparison starts afresh: step 6 (3.0) is written, not the abandoned path's 0.5
     scripted.update({2: 1.0, 4: 2.0, 6: 0.5})
@@ -412,5 +482,7 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
     (folder / "step-0000002.pt").unlink()
     scripted[6] = 3.0
     e = train(tiny(tmp_path / "d", chunks, *cfg), resume=folder / "step-0000004.pt", **QUIET)
-    assert e["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train", "checkpoint": str(folder / "best.pt")}
-    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train"}
+    assert e["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train", "weights": "ema",
+                         "checkpoint": str(folder / "best.pt")}
+    assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train",
+                                                    "weights": "ema"}
