@@ -497,7 +497,7 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             note = (f"; the samples of every scored step were more alike than {cfg.run.best_pair_iou:g}x real windows"
                     if best.get("alike") else "")
             on = SPLIT_WORDS[best.get("on", "val")]
-            raw = " (G's raw weights, not their moving average)" if best.get("weights") == "raw" else ""
+            raw = " (the raw weights, not their moving average)" if best.get("weights") == "raw" else ""
             log(f"best.pt: step {best['step']}{raw}, training-time overall figure {best['overall']:.3f} "
                 f"({cfg.run.metrics_samples} samples against the {on} windows){note}: {ckpt_dir / 'best.pt'}")
     return {"run_name": run_name, "run_dir": str(run_dir), "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}

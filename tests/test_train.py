@@ -437,7 +437,7 @@ def test_best_raw_writes_the_raw_weights_as_what_best_pt_samples_and_keeps_them_
     best, step4 = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "step-0000004.pt")
     assert c["best"]["step"] == best["step"] == 4 and best["best"]["weights"] == "raw"
     assert all(torch.equal(best["ema"]["G"][k], v) for k, v in step4["modules"]["G"].items())
-    assert any("best.pt: step 4 (G's raw weights, not their moving average)" in line for line in lines)
+    assert any("best.pt: step 4 (the raw weights, not their moving average)" in line for line in lines)
 
 
 def test_best_is_chosen_on_validation_windows_when_no_training_window_has_the_meter(tmp_path, chunks, monkeypatch):
