@@ -284,3 +284,16 @@ def test_the_generator_step_leaves_d_weights_alone(chunks):
     fam.train_step(ctx)
     assert calls and set(calls.values()) == {2}  # the real and the fake backward of the D step, nothing more
     assert all(p.requires_grad for p in D.parameters())
+
+
+@pytest.mark.parametrize("family", ["lstm", "vae"])
+def test_best_raw_scores_the_raw_model_of_every_family_without_changing_its_training(tmp_path, chunks, family):
+    extra = ["run.metrics_every=3", "run.checkpoint_every=3"]
+    off = train(tiny(tmp_path / "off", chunks, family, *extra), **QUIET)
+    on = train(tiny(tmp_path / "on", chunks, family, *extra, "run.best_raw=true"), **QUIET)
+    assert math.isfinite(on["Metrics/raw/train/overall"]) and "Metrics/raw/train/overall" not in off
+    a, b = load_checkpoint(off["checkpoint"]), load_checkpoint(on["checkpoint"])
+    assert all(torch.equal(a["modules"]["model"][k], v) for k, v in b["modules"]["model"].items())
+    best = load_checkpoint(Path(on["checkpoint"]).parent / "best.pt")
+    same = all(torch.equal(best["ema"]["model"][k], v) for k, v in best["modules"]["model"].items())
+    assert on["best"]["weights"] in ("ema", "raw") and same == (on["best"]["weights"] == "raw")
