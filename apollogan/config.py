@@ -178,8 +178,9 @@ class RunConfig:
     # ... its figures against the training windows, so that best.pt's validation figure is not one it
     # was chosen on (docs/ablations.md, round 32); val: against the validation windows
     best_on: str = "train"
-    # ... and at each scored step also the raw weights of the sampling modules (G), which win where
-    # they score lower: best.pt then samples them (docs/ablations.md, round 35)
+    # ... and at each scored step also the raw weights of the sampling modules (G; the LSTM's or
+    # autoencoder's model), which win where they score lower: best.pt then samples them
+    # (docs/ablations.md, round 35)
     best_raw: bool = False
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
