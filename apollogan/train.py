@@ -453,10 +453,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                     # (alike, overall, weights) of the moving average and, with run.best_raw, the raw weights;
                     # alike ones come after every other; the limit is a property of the data (real windows'
                     # pair IoU, the validation split's as in round 9), not of the step
+                    weights_of = [("ema", "Metrics/")] + ([("raw", "Metrics/raw/")] if cfg.run.best_raw else [])
                     candidates = [(too_alike(final.get(f"{pre}pair_iou", 0.0), final.get("Metrics/pair_iou/real", 0.0),
                                              cfg.run.best_pair_iou), final[pre + figure], weights)
-                                  for pre, weights in (("Metrics/", "ema"), ("Metrics/raw/", "raw"))
-                                  if (weights == "ema" or cfg.run.best_raw) and math.isfinite(final.get(pre + figure, float("nan")))]
+                                  for weights, pre in weights_of if math.isfinite(final.get(pre + figure, float("nan")))]
                     # main rank only (it alone scores), so no collective here: its own losses judge finiteness
                     if candidates and cfg.run.keep_best and cfg.run.metrics_every and int(first_bad) < 0:
                         alike, overall, weights = min(candidates)
@@ -585,8 +585,7 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
                 device) -> dict:
     """The full metric set of samples against the cached real reference, memorisation, and the
     family's own validation figures (NLL, reconstruction), all of the moving-average model."""
-    rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999), nets=nets,
-                          device=device, real=sampling["metrics_real"], **family.sample_options).numpy() >= 0.5
+    rolls = metric_rolls(family, nets, sampling, cfg, device)
     if sampling["metrics_real"] is not None:  # rolls that continue or accompany real windows: in their meters
         bar, meter = sampling["metrics_bars"], None
     else:  # free samples: bars of run.meter, against the validation windows in it
@@ -622,19 +621,23 @@ def log_metrics(writer, family, nets, sampling: dict, spec: RollSpec, root: Path
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
 
 
+def metric_rolls(family, nets, sampling: dict, cfg: Config, device) -> np.ndarray:
+    """The run.metrics_samples binary rolls training scores, from the same noise at every scored step."""
+    return family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999), nets=nets,
+                         device=device, real=sampling["metrics_real"], **family.sample_options).numpy() >= 0.5
+
+
 @torch.no_grad()
 def score_raw(writer, family, sampling: dict, root: Path, step: int, cfg: Config, device, bar, meter,
               train_real: dict | None) -> dict:
-    """run.best_raw: the raw weights' samples (the same noise as the moving average's), scored as
-    log_metrics scores those, so that best.pt can choose them. Swinging runs leave their moving
-    average drawing too few notes where the raw weights do not, and the reverse (round 35)."""
+    """run.best_raw: the raw weights' rolls (the moving average's noise), scored as log_metrics scores
+    the moving average's, so that best.pt can choose them. Swinging runs leave their moving average
+    drawing too few notes where the raw weights do not, and the reverse (round 35)."""
     modes = {k: m.training for k, m in family.modules.items()}
     for m in family.modules.values():
         m.eval()  # batch norm from its running statistics, as sampling from a checkpoint does
     try:
-        rolls = family.sample(cfg.run.metrics_samples, torch.Generator().manual_seed(cfg.train.seed + 999),
-                              nets=family.modules, device=device, real=sampling["metrics_real"],
-                              **family.sample_options).numpy() >= 0.5
+        rolls = metric_rolls(family, family.modules, sampling, cfg, device)
     finally:
         for k, m in family.modules.items():
             m.train(modes[k])
