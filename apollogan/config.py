@@ -55,6 +55,8 @@ class DCGANConfig:
     key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
     # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
     # from the training windows' (docs/models.md)
+    g_density: float = 0.0  # G's output bias starts at the logit of this note density, so G begins near the
+    # data's density instead of half the cells on (0: a zero bias, the reference)
     d_scale: bool = False  # D also reads the scale of each roll's own key (the best of 12 diatonic scales
     # for its notes) as one more channel, real and generated alike; G is unchanged
 
@@ -377,6 +379,8 @@ def validate(cfg: Config) -> None:
                  "noise_channels", "cond_width"):
         if getattr(m, name, 1) < 1:
             raise UserError(f"model.{name}: must be at least 1")
+    if not 0 <= getattr(m, "g_density", 0.0) < 1:  # NaN fails too
+        raise UserError(f"model.g_density: {m.g_density} must be in [0, 1) (a note density; 0: a zero output bias)")
     if getattr(m, "g_hold", 1) not in (1, 2, 4):
         raise UserError(f"model.g_hold: {m.g_hold} must be 1, 2 or 4 (steps G holds each column for)")
     gan = m.family in GAN_FAMILIES

@@ -329,6 +329,8 @@ def build_models(spec: RollSpec, cfg: DCGANConfig) -> tuple[Generator, Discrimin
                       chroma=cfg.d_chroma, in_channels=spec.channels + cfg.key_cond, scale=cfg.d_scale)
     g.apply(init_weights)
     d.apply(init_weights)
+    if cfg.g_density:
+        nn.init.constant_(g.net[-2].bias, math.log(cfg.g_density / (1 - cfg.g_density)))
     if g.key is not None:
         nn.init.zeros_(g.key.weight)  # no key bias at the start: G begins as it would without it
     if cfg.key_cond:
