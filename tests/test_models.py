@@ -507,3 +507,19 @@ def test_d_scale_shows_d_the_scale_of_each_rolls_own_key():
     with pytest.raises(ValueError, match="rolls must be"):
         d(torch.zeros(1, 2, 64, 256))
     assert load_config(None, ["model.d_scale=true"]).model.d_scale is True
+
+
+@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
+def test_g_density_starts_g_at_that_note_density_instead_of_half_the_cells(upsample):
+    torch.manual_seed(0)
+    spec = RollSpec()
+    for density, low, high in ((0.0, 0.45, 0.55), (0.064, 0.05, 0.08)):
+        g, _ = build_models(spec, ModelConfig(width=8, g_upsample=upsample, binary="deterministic", g_density=density))
+        with torch.no_grad():
+            p = g.eval()(g.noise(8))
+            on = g.train()(g.noise(8))  # binary neurons: the cells G starts with on
+        assert low < p.mean() < high, (density, p.mean())
+        assert (0.3 < on.mean() < 0.7) if density == 0 else on.mean() < 0.01
+    for bad in ("-0.1", "1", "nan"):
+        with pytest.raises(UserError, match="model.g_density"):
+            load_config(None, [f"model.g_density={bad}"])
