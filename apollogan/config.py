@@ -55,8 +55,8 @@ class DCGANConfig:
     key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
     # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
     # from the training windows' (docs/models.md)
-    g_density: float = 0.0  # G's output bias starts at the logit of this note density, so G begins near the
-    # data's density instead of half the cells on (0: a zero bias, the reference)
+    g_density: float = 0.0  # G's output bias starts at the logit of this note density: its probabilities
+    # begin near it instead of near 0.5 (binary neurons then start with almost no cell on; 0: a zero bias)
     d_scale: bool = False  # D also reads the scale of each roll's own key (the best of 12 diatonic scales
     # for its notes) as one more channel, real and generated alike; G is unchanged
 
