@@ -127,6 +127,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text)
 
 
+def _eval_args(where: str, args: list[str]) -> list[str]:
+    """Evaluate arguments checked by evaluate's own parser now, not after every run has trained."""
+    from .evaluate import build_parser
+
+    ap = build_parser()
+
+    def fail(message):
+        raise UserError(f"{where}: {message}")
+    ap.error = fail
+    ap.parse_args(["--checkpoint", "RUN", *map(str, args)])
+    return args
+
+
 def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None) -> Ablation:
     """Read and check an ablation file; cells are checked against the config (one line per problem)."""
     try:
@@ -166,7 +179,7 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
             ev = spec.get("evaluate") or []
             if not isinstance(ev, list) or not all(isinstance(x, str) for x in ev):
                 raise UserError(f"{where}.evaluate: expected a list of evaluate arguments, for example [--bernoulli]")
-            named.append((str(name), _overrides(where, spec.get("overrides") or []), ev))
+            named.append((str(name), _overrides(where, spec.get("overrides") or []), _eval_args(f"{where}.evaluate", ev)))
         else:
             named.append((str(name), _overrides(where, spec or []), []))
     cells = []
@@ -192,6 +205,7 @@ def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None
             raise UserError(f"{path}: {key}: expected an integer >= {low}, got {v!r}")
     if not isinstance(ev.get("args", []), list) or not all(isinstance(x, str) for x in ev.get("args", [])):
         raise UserError(f"{path}: evaluate.args: expected a list of evaluate arguments, for example [--bernoulli]")
+    _eval_args(f"{path}: evaluate.args", ev.get("args", []))
     return Ablation(name=_slug(Path(path).stem), base=str(base), cells=cells, seeds=list(range(first, first + n_seeds)),
                     steps=n_steps, cli_steps=steps, overrides=_overrides(f"{path}: overrides", doc.get("overrides") or []),
                     eval_num=ev.get("num", 1000), eval_seed=ev.get("seed", 0), eval_checkpoint=ev.get("checkpoint", "last"),
@@ -240,7 +254,7 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
             train_cmd = [py, "-m", "apollogan.train", "--config", ab.base, *overrides, *fixed,
                          f"run.name={run_name}", "run.numbered=false"]
             resume_cmd = [py, "-m", "apollogan.train", "--resume", str(ckpt_dir), f"train.steps={steps}"]
-            scored = ckpt_dir / "best.pt" if ab.eval_checkpoint == "best" else ckpt_dir
+            scored = ckpt_dir / ("best.pt" if ab.eval_checkpoint == "best" else "last.pt")
             eval_cmd = [py, "-m", "apollogan.evaluate", "--checkpoint", str(scored), "--num", str(ab.eval_num),
                         "--seed", str(ab.eval_seed), "--meter", cfg.run.meter, *ab.eval_args, *cell.evaluate,
                         "--out", str(run_dir / "evaluate.json")]
@@ -499,15 +513,19 @@ def run_submitit(jobs: list[Job], folder: Path, a) -> list[dict]:
         import submitit
     except ImportError:
         raise UserError("--executor slurm needs submitit (pip install submitit)") from None
-    ex = submitit.AutoExecutor(folder=str(folder), cluster="local" if a.executor == "submitit-local" else "slurm")
-    params = {"timeout_min": a.time, "slurm_array_parallelism": a.jobs, "name": f"ablate-{jobs[0].ablation}"}
+    params = {"timeout_min": a.time, "slurm_array_parallelism": a.jobs or len(jobs), "name": f"ablate-{jobs[0].ablation}"}
     if a.executor == "slurm":
         params.update({k: v for k, v in (("slurm_partition", a.partition), ("gpus_per_node", a.gpus_per_node),
                                          ("cpus_per_task", a.cpus_per_task), ("mem_gb", a.mem_gb)) if v is not None})
     elif a.gpus_per_node is not None:
         params["gpus_per_node"] = a.gpus_per_node
-    ex.update_parameters(**params)
-    handles = ex.map_array(run_job, jobs)
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="local" if a.executor == "submitit-local" else "slurm")
+        ex.update_parameters(**params)
+        handles = ex.map_array(run_job, jobs)
+    except Exception as e:  # noqa: BLE001 - no sbatch here, a partition Slurm refuses: one line, not submitit's traceback
+        why = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"--executor {a.executor}: submitting failed: {why}") from None
     print(f"submitted {len(handles)} job(s): {handles[0].job_id.split('_')[0]} (logs in {folder})", file=sys.stderr)
     results = []
     for h, j in tqdm(list(zip(handles, jobs)), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True):
@@ -553,7 +571,8 @@ def main(argv=None) -> int:
     ap.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
                     help="local: subprocesses on this machine; slurm: a Slurm job array through submitit; "
                          "submitit-local: submitit's local executor (the slurm path without Slurm)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (local), array tasks at a time (slurm)")
+    ap.add_argument("--jobs", type=int, help="runs at a time (local, default 1), array tasks at a time (slurm, "
+                                             "default all)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells and each run's train command, and exit")
     s = ap.add_argument_group("slurm (with --executor slurm)")
     s.add_argument("--partition", help="Slurm partition")
@@ -562,7 +581,7 @@ def main(argv=None) -> int:
     s.add_argument("--mem-gb", type=int, help="memory per task in GB")
     s.add_argument("--time", type=int, default=120, help="time limit per task in minutes (default %(default)s)")
     a = ap.parse_args(argv)
-    if a.jobs < 1 or (a.seeds is not None and a.seeds < 1) or (a.steps is not None and a.steps < 1):
+    if (a.jobs is not None and a.jobs < 1) or (a.seeds is not None and a.seeds < 1) or (a.steps is not None and a.steps < 1):
         raise UserError("--jobs, --seeds and --steps must be at least 1")
     ab = load_ablation(a.file, a.seeds, a.steps)
     if a.dry_run:
@@ -573,10 +592,10 @@ def main(argv=None) -> int:
         for j in jobs:
             print(shlex.join(j.train_cmd))
         return 0
-    jobs = plan(ab, build_data=True, jobs=a.jobs if a.executor == "local" else 1)
+    jobs = plan(ab, build_data=True, jobs=(a.jobs or 1) if a.executor == "local" else 1)
     print(_scope(ab, len(jobs)), file=sys.stderr)
     if a.executor == "local":
-        results = run_local(jobs, a.jobs)
+        results = run_local(jobs, a.jobs or 1)
     else:
         results = run_submitit(jobs, ab.runs_dir / "submitit", a)
     order = {(j.cell, j.seed): i for i, j in enumerate(jobs)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -183,8 +184,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints") -> tuple[Path, dict]:
-    """A file, a run's checkpoint folder, or a run name under ``checkpoints_dir``; newest loadable wins.
+def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints", best: bool = False) -> tuple[Path, dict]:
+    """A file, a run's checkpoint folder, or a run name under ``checkpoints_dir``; newest loadable wins,
+    or with ``best`` (the sampling commands) the run's best.pt where it has one: the step training chose,
+    which is the checkpoint to sample. Resuming always takes the newest.
 
     Returns the path and the loaded checkpoint (checking readability means loading it).
     """
@@ -194,13 +197,18 @@ def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints") -> tuple[
     folder = p if p.is_dir() else Path(checkpoints_dir) / arg
     if not folder.is_dir():
         raise UserError(f"{arg}: no checkpoint file, checkpoint folder or run named so under {checkpoints_dir}/")
-    candidates = [folder / "last.pt"] + sorted(folder.glob("step-*.pt"), reverse=True)
+    candidates = [folder / "best.pt"] * best + [folder / "last.pt"] + sorted(folder.glob("step-*.pt"), reverse=True)
     for c in candidates:
         if c.is_file():
             try:
-                return c, load_checkpoint(c)
+                ckpt = load_checkpoint(c)
             except UserError as e:
                 print(f"warning: {e}; trying an older checkpoint")
+                continue
+            if c.name == "best.pt":
+                print(f"{c}: step {ckpt['step']}, the step training chose (give {folder / 'last.pt'} for the "
+                      f"last one)", file=sys.stderr)
+            return c, ckpt
     raise UserError(f"{folder}: no readable checkpoint")
 
 

@@ -1,6 +1,6 @@
 """Score generated music against real music with the same metrics, and check for copying.
 
-    python -m apollogan.evaluate --checkpoint checkpoints/quick-001/last.pt --num 1000
+    python -m apollogan.evaluate --checkpoint quick-001 --num 1000
     python -m apollogan.evaluate --midi some_folder/ --data chunks/nottingham --out eval.json
     python -m apollogan.evaluate --checkpoint lstm-001 --prime 16 --temperature 0.9
     python -m apollogan.evaluate --checkpoint cond_gan-001 --against parts-dcgan-001
@@ -287,7 +287,7 @@ def load_against(path, spec: RollSpec, num: int, seed: int, threshold: float, da
     from .checkpoint import family_from_checkpoint, resolve_checkpoint
     from .generate import draw
 
-    where, ckpt = resolve_checkpoint(path)
+    where, ckpt = resolve_checkpoint(path, best=True)
     family, other, cfg = family_from_checkpoint(ckpt, device=device, ema=ema)
     same = ("low", "pitches", "steps", "steps_per_beat")
     if any(getattr(other, k) != getattr(spec, k) for k in same):
@@ -377,11 +377,20 @@ def _nan_to_none(obj):
     return obj
 
 
-def main(argv=None) -> int:
+def _meter(text: str) -> tuple[int, int]:
+    try:
+        return meter_of(text)
+    except ValueError:
+        raise UserError(f"--meter {text!r}: expected a time signature such as 4/4 or 6/8") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="PATH", help="checkpoint file, folder or run name")
+    src.add_argument("--checkpoint", metavar="PATH",
+                         help="checkpoint file, or a run's folder or name: its best.pt (the step training chose) "
+                              "where it has one, else its last checkpoint")
     src.add_argument("--midi", type=Path, metavar="DIR", help="score a folder of MIDI (or pianoroll .npz) files instead")
     ap.add_argument("--num", type=int, default=1000, help="samples from the checkpoint (default %(default)s)")
     ap.add_argument("--data", type=Path, help="shard set to compare with and to prime from (default: the "
@@ -390,9 +399,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=0.5, help="binarisation of generated rolls (default %(default)s)")
     ap.add_argument("--bernoulli", action="store_true", help="draw each cell of a generated roll with its "
                                                               "probability instead of thresholding")
-    ap.add_argument("--meter", default="4/4", help="time signature of generated rolls; they are compared with the "
-                                                   "validation windows in it (default %(default)s; a conditional model's "
-                                                   "rolls take the meters of their chords' windows)")
+    ap.add_argument("--meter", help="time signature of generated rolls; they are compared with the validation "
+                                    "windows in it (default: the run.meter the checkpoint trained with, 4/4 unless "
+                                    "set; a conditional model's rolls take the meters of their chords' windows)")
     ap.add_argument("--split", choices=("val", "train"), default="val",
                     help="the real windows to compare with: val (default), or train, to choose among a run's "
                          "checkpoints without looking at the validation windows that then score the choice")
@@ -407,13 +416,15 @@ def main(argv=None) -> int:
     from .generate import add_sampling_args
 
     add_sampling_args(ap)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     if a.num < 1:
         raise UserError("--num: must be at least 1")
-    try:
-        num, den = meter_of(a.meter)
-    except ValueError:
-        raise UserError(f"--meter {a.meter!r}: expected a time signature such as 4/4 or 6/8") from None
+    if a.meter:
+        _meter(a.meter)  # before any work
     skipped, twins, validation, family_name, cond, meter = [], [], None, None, None, None
     from .generate import pick_device
 
@@ -422,8 +433,9 @@ def main(argv=None) -> int:
         from .checkpoint import family_from_checkpoint, resolve_checkpoint
         from .generate import draw, real_windows, sampling_options
 
-        path, ckpt = resolve_checkpoint(a.checkpoint)
+        path, ckpt = resolve_checkpoint(a.checkpoint, best=True)
         family, spec, cfg = family_from_checkpoint(ckpt, device=device, ema=not a.raw)
+        num, den = _meter(a.meter or cfg.run.meter)
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
         val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work

@@ -1,6 +1,6 @@
 """MIDI files (and PNGs) from a checkpoint of any model family; the model is rebuilt from the config in it.
 
-    python -m apollogan.generate --checkpoint checkpoints/quick-001/last.pt --num 8 --out samples/quick --png
+    python -m apollogan.generate --checkpoint quick-001 --num 8 --out samples/quick --png
     python -m apollogan.generate --checkpoint quick-001 --bernoulli --tempo 100 --program 24
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
     python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
@@ -183,7 +183,9 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m apollogan.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file, folder or run name")
+    ap.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="checkpoint file, or a run's folder or name: its best.pt (the step training chose) "
+                             "where it has one, else its last checkpoint")
     ap.add_argument("--num", type=int, default=8, help="how many files (default %(default)s)")
     ap.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
     if a.condition and "npz" in a.format:
         raise UserError("--format npz: --condition writes the chords as given in the file, which a pianoroll "
                         "cannot hold at the model's grid; use --format mid")
-    path, ckpt = resolve_checkpoint(a.checkpoint)
+    path, ckpt = resolve_checkpoint(a.checkpoint, best=True)
     family, spec, cfg = family_from_checkpoint(ckpt, device=a.device, ema=not a.raw)
     programs = check_programs(a.program, spec)
     opts = sampling_options(family, a)

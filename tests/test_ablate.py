@@ -3,6 +3,7 @@ fixes that came with them (shards that differ from the config, the meter of free
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,9 @@ def test_overrides_that_hold_only_with_each_cells_own_are_planned(tmp_path):
     ("base: configs/quick.yaml\ngrids: {}\n", "unknown key(s) grids"),
     ("base: configs/quick.yaml\nseeds: null\n", "seeds: expected an integer >= 1, got None"),
     ("base: configs/quick.yaml\nevaluate: {args: --bernoulli}\n", "evaluate.args: expected a list"),
+    ("base: configs/quick.yaml\nevaluate: {args: [--bernouli]}\n", "evaluate.args: unrecognized arguments: --bernouli"),
+    ("base: configs/quick.yaml\nvariants: {a: {evaluate: [--threshold, x]}}\n",
+     "variants.a.evaluate: argument --threshold: invalid float value: 'x'"),
     ("base: configs/quick.yaml\nevaluate: {checkpoint: first}\n", "evaluate.checkpoint: expected last or best, got 'first'"),
     ("base: configs/quick.yaml\nevaluate: {checkpoint: best}\noverrides: [run.metrics_every=0]\nvariants: {a: []}\n",
      "cell a: evaluate.checkpoint best needs run.metrics_every > 0 and run.keep_best"),
@@ -125,7 +129,7 @@ def test_best_checkpoint_is_scored_when_the_file_asks_and_a_run_scored_otherwise
         jobs[which] = plan(load_ablation(f), build_data=False)[0]
     ckpt = jobs["best"].eval_cmd[jobs["best"].eval_cmd.index("--checkpoint") + 1]
     assert ckpt == str(Path(jobs["best"].ckpt_dir) / "best.pt")
-    assert jobs["last"].eval_cmd[jobs["last"].eval_cmd.index("--checkpoint") + 1] == jobs["last"].ckpt_dir
+    assert jobs["last"].eval_cmd[jobs["last"].eval_cmd.index("--checkpoint") + 1] == str(Path(jobs["last"].ckpt_dir) / "last.pt")
     # a finished run scored at its last checkpoint does not count as done for a file that scores best.pt
     job = jobs["best"]
     job.cwd = str(tmp_path)
@@ -227,6 +231,15 @@ def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
     assert sorted(p.parent.name for p in base.glob("*/final.json")) == ["loss=bce-s0", "loss=hinge-s0"]
     assert len(list(csv.DictReader(open(base / "results.csv")))) == 2
     assert list((base / "submitit").glob("*_result.pkl"))  # the jobs went through submitit
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="this machine has Slurm: the jobs would be submitted")
+def test_slurm_executor_without_slurm_says_so_in_one_line(tmp_path):
+    pytest.importorskip("submitit")
+    r = run_ablate(tmp_path, SMOKE, "--executor", "slurm", "--seeds", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --executor slurm: submitting failed: ")
+    assert not (tmp_path / "runs" / "ablations" / "smoke" / "results.csv").exists()
 
 
 def tiny(tmp_path, chunks, *extra):

@@ -1,5 +1,7 @@
 """Training: a step changes weights, resume is bit-exact, logs and checkpoints are complete."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +175,35 @@ def test_torn_checkpoints_fall_back_to_the_last_complete_one(tmp_path, chunks):
     assert path == folder / "step-0000006.pt" and ck["step"] == 6
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(folder / "last.pt")
+
+
+def test_a_run_name_samples_best_pt_and_resumes_from_the_last_step(tmp_path, chunks, capsys):
+    out = train(tiny(tmp_path, chunks), **QUIET)
+    folder = Path(out["checkpoint"]).parent
+    assert not (folder / "best.pt").exists()  # no scored steps: the sampling commands fall back to the last
+    assert resolve_checkpoint("t-001", str(tmp_path / "ckpt"), best=True)[0] == folder / "last.pt"
+    oldest = sorted(folder.glob("step-*.pt"))[0]
+    shutil.copyfile(oldest, folder / "best.pt")  # best.pt is an earlier step than last.pt
+    path, ck = resolve_checkpoint("t-001", str(tmp_path / "ckpt"), best=True)
+    assert path == folder / "best.pt" and ck["step"] == load_checkpoint(oldest)["step"] < 6
+    assert f"step {ck['step']}, the step training chose" in capsys.readouterr().err
+    assert resolve_checkpoint(str(folder), best=False)[1]["step"] == 6  # --resume: the newest
+    assert resolve_checkpoint(str(folder / "last.pt"), best=True)[1]["step"] == 6  # a file is taken as given
+
+
+def test_evaluate_compares_with_the_meter_the_run_trained_in(tmp_path, chunks):
+    from apollogan.evaluate import main as evaluate
+
+    out = train(tiny(tmp_path, chunks, "run.meter=3/4"), **QUIET)
+    common = ["--checkpoint", out["checkpoint"], "--num", "8", "--no-memorisation", "--device", "cpu"]
+    got = {}
+    for meter in ([], ["--meter", "4/4"]):  # the fixture's validation tunes: 41 windows in 3/4, 6 in 4/4
+        assert evaluate([*common, *meter, "--out", str(tmp_path / "e.json")]) == 0
+        res = json.loads((tmp_path / "e.json").read_text())
+        got[res["meter"]] = res["real_windows"]
+    assert got == {"3/4": 41, "4/4": 6}
+    with pytest.raises(UserError, match="--meter '7': expected a time signature"):
+        evaluate([*common, "--meter", "7"])
 
 
 def run_module(*args, cwd=REPO, env=None):
