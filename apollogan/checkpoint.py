@@ -203,7 +203,7 @@ def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints", best: boo
             try:
                 ckpt = load_checkpoint(c)
             except UserError as e:
-                print(f"warning: {e}; trying an older checkpoint")
+                print(f"warning: {e}; trying the next checkpoint")
                 continue
             if c.name == "best.pt":
                 print(f"{c}: step {ckpt['step']}, the step training chose (give {folder / 'last.pt'} for the "

@@ -4,6 +4,7 @@
     python scripts/bench_train.py --presets quick lstm --steps 20
     python scripts/bench_train.py --presets quick apollogan lstm_gan --freeze-compare --no-compile
     python scripts/bench_train.py --presets quick --freeze-compare --no-compile --repeat 5
+    python scripts/bench_train.py --presets quick --no-compile --no-bf16 --repeat 3   # a CPU with AVX2 only
 
 For each preset (configs/NAME.yaml) it builds the family and times ``family.train_step`` (the
 step the training loop runs: for the GANs d_steps D steps and one G step) on synthetic sparse
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 30 on GPU, 10 on CPU, 2 for apollogan)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
+    ap.add_argument("--no-bf16", action="store_true", help="skip bf16 variants (on a CPU without bf16 units they are "
+                                                            "emulated, about 20x slower than fp32, and take most of the run)")
     ap.add_argument("--freeze-compare", action="store_true", help="GANs: also time the G step with D unfrozen")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per variant; the median is reported")
     a = ap.parse_args(argv)
@@ -86,8 +89,8 @@ def main(argv=None) -> int:
               f"samples/s | vs plain fp32 | finite |\n| --- | --- | --- | --- | --- | --- | --- |", flush=True)
         base = None
         freeze = [True, False] if a.freeze_compare and family in ("dcgan", "lstm_gan") else [True]
-        variants = list(itertools.product([False] + ([] if a.no_compile else [True]), [False, True], [False, True],
-                                          freeze))
+        variants = list(itertools.product([False] + ([] if a.no_compile else [True]), [False] + ([] if a.no_bf16 else [True]),
+                                          [False, True], freeze))
         results = {v: [] for v in variants}
         for r in range(a.repeat):  # round robin, so a slow spell of the machine hits every variant alike
             for v in variants if r % 2 == 0 else variants[::-1]:
