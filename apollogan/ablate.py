@@ -592,10 +592,11 @@ def main(argv=None) -> int:
         for j in jobs:
             print(shlex.join(j.train_cmd))
         return 0
-    jobs = plan(ab, build_data=True, jobs=(a.jobs or 1) if a.executor == "local" else 1)
+    side_by_side = (a.jobs or 1) if a.executor == "local" else 1  # a submitit task has its cores to itself
+    jobs = plan(ab, build_data=True, jobs=side_by_side)
     print(_scope(ab, len(jobs)), file=sys.stderr)
     if a.executor == "local":
-        results = run_local(jobs, a.jobs or 1)
+        results = run_local(jobs, side_by_side)
     else:
         results = run_submitit(jobs, ab.runs_dir / "submitit", a)
     order = {(j.cell, j.seed): i for i, j in enumerate(jobs)}

@@ -389,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH",
-                         help="checkpoint file, or a run's folder or name: its best.pt (the step training chose) "
-                              "where it has one, else its last checkpoint")
+                     help="checkpoint file, or a run's folder or name: its best.pt (the step training chose) "
+                          "where it has one, else its last checkpoint")
     src.add_argument("--midi", type=Path, metavar="DIR", help="score a folder of MIDI (or pianoroll .npz) files instead")
     ap.add_argument("--num", type=int, default=1000, help="samples from the checkpoint (default %(default)s)")
     ap.add_argument("--data", type=Path, help="shard set to compare with and to prime from (default: the "
