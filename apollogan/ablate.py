@@ -45,9 +45,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from .arguments import evaluate_parser
 from .cli import REPO_ROOT, UserError, atomic_write_bytes, atomic_write_json, run
 from .config import load_config
-from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
+from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import read_manifest
 
 FILE_KEYS = {"base", "seeds", "first_seed", "steps", "overrides", "grid", "variants", "evaluate", "description"}
@@ -129,9 +130,7 @@ def _slug(text: str) -> str:
 
 def _eval_args(where: str, args: list[str]) -> list[str]:
     """Evaluate arguments checked by evaluate's own parser now, not after every run has trained."""
-    from .evaluate import build_parser
-
-    ap = build_parser()
+    ap = evaluate_parser()
 
     def fail(message):
         raise UserError(f"{where}: {message}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .cli import UserError
+from .models import FAMILIES, is_gan
 
 
 @dataclass
@@ -27,102 +28,10 @@ class DataConfig:
     meter: str = ""  # train on the windows in this meter only, for example 4/4 (empty: every window)
 
 
-@dataclass
-class DCGANConfig:
-    """model.family=dcgan: the reference convolutional GAN (apollogan/models/dcgan.py)."""
-
-    family: str = "dcgan"
-    width: int = 128  # d: channels are multiples of it
-    d_width: int = 0  # D's d when it differs from G's, as a width, not a ratio (0: model.width)
-    noise: str = "reference"  # "reference": noise is a [7, 2, 8] tensor; "flat": a vector projected to it
-    noise_channels: int = 7
-    noise_dim: int = 100  # length of the flat noise vector
-    d_head: str = "fc2"  # discriminator head: "fc2" (reference: linear 512, linear 1), "fc1", "none"
-    fc_dim: int = 512
-    d_norm: str = "batch"  # "batch" (reference), "spectral", "none"
-    d_chroma: int = 0  # channels of a chroma stream into D's head (pitch classes per beat, MuseGAN; 0: off)
-    d_mbstd: int = 0  # minibatch standard deviation before D's head over groups of this many samples (ProGAN: 4; 0: off)
-    g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
-    binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
-    # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
-    binary_grad: str = "sigmoid"  # the binary neurons' backward: "sigmoid" (sigmoid-adjusted straight-through,
-    # BinaryMuseGAN) or "identity" (plain straight-through: the output's gradient goes to the logits as it is)
-    g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
-    # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it (an onset
-    # channel is on at a held column's first step only)
-    g_key: bool = False  # G adds a per-sample bias to each of the 12 pitch classes (from the noise by one
-    # linear layer, zero at the start), the same in every octave and step: one place to hold a window's key
-    key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
-    # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
-    # from the training windows' (docs/models.md)
-    g_density: float = 0.0  # G's output bias starts at the logit of this note density: its probabilities
-    # begin near it instead of near 0.5 (binary neurons then start with almost no cell on; 0: a zero bias)
-    d_scale: bool = False  # D also reads the scale of each roll's own key (the best of 12 diatonic scales
-    # for its notes) as one more channel, real and generated alike; G is unchanged
-
-
-ModelConfig = DCGANConfig  # the name of the one model section before families existed
-
-
-@dataclass
-class LSTMConfig:
-    """model.family=lstm: next-frame composer; a frame is one roll column (apollogan/models/lstm.py)."""
-
-    family: str = "lstm"
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.2  # between LSTM layers
-
-
-@dataclass
-class AEConfig:
-    """model.family=ae: convolutional autoencoder over whole rolls (apollogan/models/vae.py)."""
-
-    family: str = "ae"
-    width: int = 32  # d of the encoder (the DCGAN discriminator's convolutions) and decoder (its generator's)
-    latent_dim: int = 64
-
-
-@dataclass
-class VAEConfig(AEConfig):
-    """model.family=vae: the autoencoder with a Gaussian code and a KL term."""
-
-    family: str = "vae"
-    beta: float = 1.0  # weight of the KL term
-    beta_warmup: int = 0  # steps over which the KL weight rises linearly from 0 to beta
-
-
-@dataclass
-class LSTMGANConfig:
-    """model.family=lstm_gan: LSTM generator from per-step noise, LSTM discriminator (apollogan/models/lstm_gan.py)."""
-
-    family: str = "lstm_gan"
-    noise_dim: int = 32  # noise per time step
-    hidden: int = 128  # generator LSTM
-    layers: int = 2
-    d_hidden: int = 128  # discriminator LSTM
-    d_layers: int = 1
-    bidirectional: bool = True  # discriminator reads the roll both ways
-
-
-@dataclass
-class CondGANConfig:
-    """model.family=cond_gan: a melody over given chords, MidiNet style (apollogan/models/cond_gan.py).
-
-    Needs shards with parts (preprocess --parts tracks or skyline)."""
-
-    family: str = "cond_gan"
-    width: int = 64  # d of the generator and the discriminator, as the DCGAN's
-    noise_channels: int = 7  # noise [7, 2, 8]
-    cond_width: int = 16  # channels of the conditioner's map at each of G's resolutions
-    d_head: str = "fc2"
-    fc_dim: int = 512
-    d_norm: str = "batch"
-
-
-FAMILY_CONFIGS = {"dcgan": DCGANConfig, "lstm": LSTMConfig, "ae": AEConfig, "vae": VAEConfig,
-                  "lstm_gan": LSTMGANConfig, "cond_gan": CondGANConfig}
-GAN_FAMILIES = ("dcgan", "lstm_gan", "cond_gan")
+# the model section's type per family, and the GAN families: both from the registry (models/__init__.py)
+FAMILY_CONFIGS = {name: conf for name, (_, conf) in FAMILIES.items()}
+GAN_FAMILIES = tuple(name for name in FAMILIES if is_gan(name))
+FamilyConfig = typing.Union[tuple(FAMILY_CONFIGS.values())]  # noqa: UP007 - built from the registry at run time
 # train keys that only one kind of family reads: setting them for the other kind is refused (a preset
 # of one kind overridden to the other leaves them out: load_config)
 GAN_TRAIN_KEYS = ("lr_g", "lr_d", "loss", "gp_weight", "feature_matching", "label_smoothing", "d_steps", "r1",
@@ -195,8 +104,7 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: DCGANConfig | LSTMConfig | AEConfig | VAEConfig | LSTMGANConfig | CondGANConfig = field(
-        default_factory=DCGANConfig)
+    model: FamilyConfig = field(default_factory=FAMILY_CONFIGS["dcgan"])
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -208,13 +116,7 @@ class Config:
 
 
 CHOICES = {
-    "model.family": tuple(FAMILY_CONFIGS),
-    "model.noise": ("reference", "flat"),
-    "model.d_head": ("fc2", "fc1", "none"),
-    "model.d_norm": ("batch", "spectral", "none"),
-    "model.binary": ("none", "deterministic", "stochastic"),
-    "model.g_upsample": ("transposed", "nearest"),
-    "model.binary_grad": ("sigmoid", "identity"),
+    "model.family": tuple(FAMILY_CONFIGS),  # a family's own option choices: its config's ``choices``
     "train.loss": ("bce", "hinge", "wgan-gp"),
     "train.mode_seeking_on": ("rolls", "probabilities"),
     "train.amp": ("auto", "bf16", "off"),
@@ -265,8 +167,9 @@ def _apply(cfg: Config, key: str, value) -> None:
                             f"(it takes: {', '.join(sorted(types))}){where}")
         raise UserError(f"{key}: unknown key (known in {section}: {', '.join(sorted(types))})")
     value = _coerce(key, value, types[name])
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+    choices = CHOICES.get(key) or (getattr(type(sub), "choices", {}).get(name) if section == "model" else None)
+    if choices and value not in choices:
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     setattr(sub, name, value)
 
 
@@ -364,25 +267,12 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(f"{key}: must be at least 1")
-    if getattr(m, "d_chroma", 0) < 0:
-        raise UserError("model.d_chroma: must be >= 0 (channels of D's chroma stream; 0: off)")
-    if getattr(m, "d_chroma", 0) and m.d_head == "none":
-        raise UserError("model.d_chroma: the chroma stream feeds D's linear head; model.d_head=none has none")
-    mbstd = getattr(m, "d_mbstd", 0)
-    if mbstd < 0 or mbstd == 1:
-        raise UserError(f"model.d_mbstd: {mbstd} must be 0 (off) or a group size of at least 2")
-    if mbstd and t.batch_size % mbstd:
-        raise UserError(f"model.d_mbstd: groups of {mbstd} must divide train.batch_size ({t.batch_size})")
-    if getattr(m, "d_width", 0) < 0:
-        raise UserError("model.d_width: must be >= 0 (0: model.width)")
     for name in ("width", "hidden", "layers", "latent_dim", "noise_dim", "d_hidden", "d_layers", "fc_dim",
                  "noise_channels", "cond_width"):
         if getattr(m, name, 1) < 1:
             raise UserError(f"model.{name}: must be at least 1")
-    if not 0 <= getattr(m, "g_density", 0.0) < 1:  # NaN fails too
-        raise UserError(f"model.g_density: {m.g_density} must be in [0, 1) (a note density; 0: a zero output bias)")
-    if getattr(m, "g_hold", 1) not in (1, 2, 4):
-        raise UserError(f"model.g_hold: {m.g_hold} must be 1, 2 or 4 (steps G holds each column for)")
+    if hasattr(m, "check"):  # the family's own checks (its file)
+        m.check(t)
     gan = m.family in GAN_FAMILIES
     defaults = TrainConfig()
     for name in GAN_TRAIN_KEYS if not gan else LIKELIHOOD_TRAIN_KEYS:
@@ -409,18 +299,14 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.diffaug: {unknown[0]!r} is not one of {', '.join(DIFFAUG)} (comma-separated)")
     if t.r1_every != 1 and not t.r1:
         raise UserError("train.r1_every: spaces the R1 penalty out; set train.r1 (its gamma) too")
-    if getattr(m, "binary_grad", "sigmoid") != "sigmoid" and getattr(m, "binary", "none") == "none":
-        raise UserError("model.binary_grad: the backward of binary neurons; set model.binary too")
     if t.label_smoothing and t.loss != "bce":
         raise UserError(f"train.label_smoothing: smooths the targets of the bce loss; train.loss={t.loss} has none")
     if t.loss == "wgan-gp" and getattr(m, "d_norm", None) == "batch":
         raise UserError("train.loss=wgan-gp: the gradient penalty is per sample; use model.d_norm=spectral or none")
     if t.time_limit < 0:
         raise UserError("train.time_limit: must be >= 0 (minutes; 0 is off)")
-    if t.grad_clip < 0 or getattr(m, "dropout", 0) < 0 or getattr(m, "dropout", 0) >= 1:
-        raise UserError("train.grad_clip must be >= 0 and model.dropout in [0, 1)")
-    if getattr(m, "beta", 0) < 0 or getattr(m, "beta_warmup", 0) < 0:
-        raise UserError("model.beta and model.beta_warmup must be >= 0")
+    if t.grad_clip < 0:
+        raise UserError("train.grad_clip must be >= 0 (0 is off)")
     if not 0 <= cfg.run.best_pair_iou < float("inf"):  # NaN fails too
         raise UserError("run.best_pair_iou: must be >= 0 (times the real windows' pair IoU; 0: off)")
     for key, text in (("run.meter", cfg.run.meter), ("data.meter", cfg.data.meter or "1/1")):

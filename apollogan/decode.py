@@ -13,21 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import UserError, run
-from .midi import notes_to_midi, roll_to_parts, save_midi
+from .midi import check_programs, notes_to_midi, part_names, roll_to_parts, save_midi
 from .shards import ShardSet
-
-
-def check_programs(programs: list[int], spec) -> list[int]:
-    """--program: one for every part or one per part, each 0..127."""
-    if len(programs) not in (1, spec.parts) or not all(0 <= p <= 127 for p in programs):
-        raise UserError(f"--program: one General MIDI program (0..127) for every part, or one per part "
-                        f"({spec.parts}: {', '.join(spec.part_names)})")
-    return programs * spec.parts if len(programs) == 1 else programs
-
-
-def part_names(spec) -> list[str] | None:
-    """Track names of written files: the part names when there are several parts."""
-    return spec.part_names if spec.parts > 1 else None
 
 
 def main(argv=None) -> int:

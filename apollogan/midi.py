@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from .cli import atomic_write_bytes
+from .cli import UserError, atomic_write_bytes
 from .spec import RollSpec
 
 DEFAULT_MAX_BEATS = 20_000  # about 2.8 hours at 120 bpm; longer files are treated as broken
@@ -495,3 +495,16 @@ def match_notes(reference: np.ndarray, candidate: np.ndarray) -> int:
     in_ref = np.bincount(inv[: len(ref)], minlength=len(uniq))
     in_can = np.bincount(inv[len(ref):], minlength=len(uniq))
     return int(np.minimum(in_ref, in_can).sum())
+
+
+def check_programs(programs: list[int], spec) -> list[int]:
+    """--program: one for every part or one per part, each 0..127."""
+    if len(programs) not in (1, spec.parts) or not all(0 <= p <= 127 for p in programs):
+        raise UserError(f"--program: one General MIDI program (0..127) for every part, or one per part "
+                        f"({spec.parts}: {', '.join(spec.part_names)})")
+    return programs * spec.parts if len(programs) == 1 else programs
+
+
+def part_names(spec) -> list[str] | None:
+    """Track names of written files: the part names when there are several parts."""
+    return spec.part_names if spec.parts > 1 else None

@@ -34,12 +34,11 @@ from . import __version__
 from .checkpoint import load_checkpoint, reconcile_best, resolve_checkpoint, save_best, save_checkpoint, too_alike, with_weights
 from .cli import UserError, atomic_write_json, run
 from .config import Config, load_config, meter_of
-from .data import RollDataset
-from .evaluate import SPLIT_WORDS, compare, evaluate_rolls, reference_in_meter, same_meter
+from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards, summary
 from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
 from .models import StepContext, build_family
-from .preprocess import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
+from .scoring import SPLIT_WORDS, compare, evaluate_rolls, reference_in_meter, same_meter
 from .shards import ShardSet, is_current
 from .spec import RollSpec
 
@@ -256,13 +255,13 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                             "bypasses DDP)")
         if t.time_limit:
             raise UserError("train.time_limit is single-process only (the ranks' clocks would stop them at different steps)")
-    data = RollDataset(root, "train", spec=RollSpec.from_dict(ckpt["spec"]) if ckpt else None, verify=env.main)
-    differs = data_mismatch(data.shards.manifest, cfg.data)
+    shards = ShardSet(root, "train", spec=RollSpec.from_dict(ckpt["spec"]) if ckpt else None, verify=env.main)
+    differs = data_mismatch(shards.manifest, cfg.data)
     if differs:  # never train on other data than the config says
         hint = (f"; data.root={bundled_root(cfg.data)} holds the bundled tunes made so"
                 if Path(cfg.data.root) == DEFAULT_OUT else "; preprocess with those options into another folder")
         raise UserError(f"{root}: the config asks for {differs}{hint}")
-    spec = data.spec
+    spec = shards.spec
     torch.manual_seed(t.seed)
     try:
         family = build_family(spec, cfg)
@@ -313,14 +312,14 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     def no_sync(name):
         return ddp_nets[name].no_sync() if env.world > 1 else contextlib.nullcontext()
 
-    usable = train_windows(data.shards, cfg.data.meter)
+    usable = train_windows(shards, cfg.data.meter)
     stream = BatchStream(len(usable), t.batch_size, t.seed, env.rank, env.world)
 
     def real_batch():
         nonlocal batches
         idx = usable[stream.indices(batches)]  # sorted, as the stream's
         batches += 1
-        x = torch.from_numpy(data.shards.get(idx)).to(device, non_blocking=True).float()
+        x = torch.from_numpy(shards.get(idx)).to(device, non_blocking=True).float()
         return x.contiguous(memory_format=fmt)
 
     writer, sampling = None, {"has_val": False, "best_on": None}
@@ -335,18 +334,16 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
                 f"{list(spec.shape)}, device {device}{' bf16' if bf16 else ''}, {env.world} process(es)")
             log(f"tensorboard --logdir {cfg.run.runs_dir}   checkpoints: {ckpt_dir}")
         pick = usable[np.random.default_rng(t.seed).choice(len(usable), min(len(usable), 512), replace=False)]
-        real_ref = data.shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
-        real_look = window_look(data.shards.records, pick)
+        real_ref = shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
+        real_look = window_look(shards.records, pick)
         if not ckpt:
-            from .preprocess import summary
-
             n = cfg.run.num_samples
             writer.add_image("Real", roll_grid(real_ref[:n], **look_of(real_look, n), **spec_look(spec)), 0)
             as_text = lambda x: "    " + x.replace("\n", "\n    ")  # noqa: E731 - markdown code block
             writer.add_text("Run/config", as_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)), 0)
             writer.add_text("Run/spec", as_text(spec.describe()), 0)
-            writer.add_text("Run/data", as_text(f"{root}\n" + summary(data.shards.manifest)), 0)
-        sampling = sampling_inputs(family, root, data.shards, cfg, log)
+            writer.add_text("Run/data", as_text(f"{root}\n" + summary(shards.manifest)), 0)
+        sampling = sampling_inputs(family, root, shards, cfg, log)
         sampling.update(real_stats=roll_stats(real_ref, spec), real_ref=real_ref, real_look=real_look)
     sample_nets = {**family.modules, **ema}
 
@@ -542,8 +539,7 @@ def log_samples(writer, family, nets, sampling: dict, spec: RollSpec, step: int,
                 device) -> dict:
     """Image grid, audio and MIDI of the moving-average model on fixed random draws; statistics against real data."""
     from .audio import render
-    from .decode import part_names
-    from .midi import notes_to_midi, roll_to_parts, save_midi
+    from .midi import notes_to_midi, part_names, roll_to_parts, save_midi
 
     n = cfg.run.num_samples
     probs = family.sample(n, torch.Generator().manual_seed(cfg.train.seed + 12345), nets=nets,

@@ -6,8 +6,8 @@
 
 Prints: preprocessing files/s (1 worker and all cores, in this process) beside a plain mido
 parse of the same files; the whole `python -m apollogan.preprocess` command (default
-workers: one per core) against a plain mido parse in its own process; loader windows/s to float tensors beside a gather from
-an in-RAM array of the same size (bit-packed and uint8 memmaps); MIDI writing files/s
+workers: one per core) against a plain mido parse in its own process; ShardSet.get windows/s
+(the training loop's gather) beside a gather from an in-RAM array of the same size (bit-packed and uint8 memmaps); MIDI writing files/s
 (rolls -> files on disk, symusic beside a plain mido writer) and the whole
 `python -m apollogan.decode --limit 1000` command.
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from apollogan.cli import bundled_data, find_midi_files
-from apollogan.data import RollDataset, make_loader
+from apollogan.data import WindowOptions, preprocess
 from apollogan.midi import notes_to_midi, roll_to_parts, save_midi, write_tpq
-from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
 
 
@@ -130,9 +130,9 @@ def main(argv=None) -> int:
         many = rate(len(files), lambda: preprocess(files, out, spec, opt, workers=cores, progress=False))
         print(f"preprocess, {cores} workers:     {many:9.0f} files/s  ({many / mido_rate / cores:.1f}x mido per core)")
 
-        ds = RollDataset(out)
-        n = len(ds)
-        ram = ds.shards.get(np.arange(n)).copy()  # uint8 [N, C, P, T] in memory
+        shards = ShardSet(out)
+        n = len(shards)
+        ram = shards.get(np.arange(n)).copy()  # uint8 [N, C, P, T] in memory
         u8 = Path(tmp) / "u8.bin"
         ram.tofile(u8)
         u8map = np.memmap(u8, dtype=np.uint8, mode="r", shape=ram.shape)
@@ -149,24 +149,15 @@ def main(argv=None) -> int:
         r_packed = rate(total, lambda: [torch.from_numpy(np.unpackbits(packed_ram[i], axis=1, count=c * p * t)
                                                          .reshape(-1, c, p, t)).float() for i in idx])
         r_u8 = rate(total, gather(u8map))
-        loader = make_loader(ds, a.batch, shuffle=True, seed=0)
-
-        def run_loader():
-            seen = 0
-            while seen < total:
-                for b in loader:
-                    seen += len(b)
-                    if seen >= total:
-                        break
-        r_loader = rate(total, run_loader)
+        r_loader = rate(total, lambda: [torch.from_numpy(shards.get(i)).float() for i in idx])  # the training loop's gather
         print(f"in-RAM uint8 gather:       {r_ram:9.0f} windows/s -> float tensors (batch {a.batch}, {n} windows)")
         print(f"in-RAM bit-packed gather:  {r_packed:9.0f} windows/s -> float tensors")
         print(f"uint8 memmap gather:       {r_u8:9.0f} windows/s  ({ram.nbytes / 2**20:.1f} MiB on disk)")
         disk = sum(p.stat().st_size for p in out.glob("*.bin"))
-        print(f"bit-packed DataLoader:     {r_loader:9.0f} windows/s  ({disk / 2**20:.1f} MiB on disk), "
+        print(f"bit-packed ShardSet.get:   {r_loader:9.0f} windows/s  ({disk / 2**20:.1f} MiB on disk), "
               f"{r_loader / r_ram:.2f}x in-RAM uint8, {r_loader / r_packed:.2f}x in-RAM bit-packed")
 
-        rolls = ds.shards.get(np.arange(min(n, a.write)))
+        rolls = shards.get(np.arange(min(n, a.write)))
         outdir = Path(tmp) / "written"
         outdir.mkdir()
         parts = [roll_to_parts(r, spec) for r in rolls]

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apollogan.evaluate import memorisation, reference_metrics
+from apollogan.data import ensure_shards
 from apollogan.metrics import compute_metrics
-from apollogan.preprocess import ensure_shards
+from apollogan.scoring import memorisation, reference_metrics
 from apollogan.shards import ShardSet
 
 

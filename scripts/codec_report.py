@@ -18,8 +18,8 @@ import symusic
 from tqdm import tqdm
 
 from apollogan.cli import bundled_data, find_midi_files, run
+from apollogan.data import WindowOptions, convert_file
 from apollogan.midi import MidiError, match_notes, notes_to_midi, parse_song, read_song, roll_to_notes
-from apollogan.preprocess import WindowOptions, convert_file
 from apollogan.spec import RollSpec
 
 

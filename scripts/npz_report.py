@@ -24,8 +24,8 @@ import symusic
 from tqdm import tqdm
 
 from apollogan.cli import bundled_data, find_midi_files
+from apollogan.data import WindowOptions, convert_file
 from apollogan.pianoroll import multitrack_from_midi
-from apollogan.preprocess import WindowOptions, convert_file
 from apollogan.spec import RollSpec
 
 

@@ -7,7 +7,7 @@ import mido
 import pytest
 
 from apollogan.cli import find_midi_files
-from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.data import WindowOptions, preprocess
 from apollogan.spec import RollSpec
 
 REPO = Path(__file__).resolve().parent.parent

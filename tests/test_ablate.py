@@ -17,8 +17,8 @@ from apollogan.ablate import load_ablation, plan
 from apollogan.ablate import main as ablate_main
 from apollogan.cli import UserError
 from apollogan.config import load_config
-from apollogan.evaluate import evaluate_rolls
 from apollogan.models.dcgan import Generator
+from apollogan.scoring import evaluate_rolls
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
 from apollogan.train import train

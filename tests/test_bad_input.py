@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO, scale_tune, write_midi
 
 from apollogan.cli import find_midi_files
-from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.data import WindowOptions, preprocess
 from apollogan.shards import read_lines
 from apollogan.spec import RollSpec
 

@@ -1,4 +1,4 @@
-"""The data commands as a user runs them: decode, inspect, and --help everywhere."""
+"""The data commands as a user runs them: decode, describe, and --help everywhere."""
 import os
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO
 
 from apollogan.cli import find_midi_files
+from apollogan.data import WindowOptions, preprocess
 from apollogan.midi import read_song
-from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
 
@@ -18,7 +18,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
-@pytest.mark.parametrize("module", ["preprocess", "decode", "inspect", "train", "generate", "evaluate"])
+@pytest.mark.parametrize("module", ["preprocess", "decode", "describe", "train", "generate", "evaluate"])
 def test_every_command_has_help(module):
     r = run(f"apollogan.{module}", "--help")
     assert r.returncode == 0 and "usage: python -m apollogan." + module in r.stdout
@@ -42,14 +42,14 @@ def test_decode_writes_the_windows_back_as_midi_and_png(midi_dir, tmp_path):
 def test_inspect_reports_counts_histograms_and_a_picture(midi_dir, tmp_path):
     m = preprocess(find_midi_files([midi_dir]), tmp_path / "c", RollSpec(), WindowOptions(val_fraction=0.3),
                    progress=False)
-    r = run("apollogan.inspect", tmp_path / "c", "--png", tmp_path / "grid.png", "--samples", "4")
+    r = run("apollogan.describe", tmp_path / "c", "--png", tmp_path / "grid.png", "--samples", "4")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert f"train: {m['counts']['windows']['train']} windows" in out and f"val: {m['counts']['windows']['val']}" in out
     assert "quantisation loss: 0.00% of onsets" in out and "pitch-class histogram" in out
     # the fixtures are C-major-ish lines from G3 upward: B, not A#, must appear in the pitch-class table
     assert (tmp_path / "grid.png").stat().st_size > 100
-    r = run("apollogan.inspect", tmp_path / "nowhere")
+    r = run("apollogan.describe", tmp_path / "nowhere")
     assert r.returncode == 2 and "no manifest" in r.stderr
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import write_midi
 
+from apollogan.data import window_starts
 from apollogan.midi import (
     MidiError,
     Song,
@@ -17,7 +18,6 @@ from apollogan.midi import (
     save_midi,
     transpose_song,
 )
-from apollogan.preprocess import window_starts
 from apollogan.spec import RollSpec
 
 SPEC = RollSpec()

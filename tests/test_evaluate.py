@@ -12,20 +12,20 @@ import pytest
 from conftest import NOTTINGHAM, REPO, scale_tune, write_midi
 
 from apollogan.cli import find_midi_files
-from apollogan.evaluate import (
+from apollogan.data import WindowOptions, preprocess
+from apollogan.evaluate import markdown
+from apollogan.metrics import METRICS
+from apollogan.scoring import (
     compare,
     encode_midi_folder,
     evaluate_rolls,
     ks_statistic,
-    markdown,
     memorisation,
     pair_iou,
     reference_metrics,
     wasserstein1,
     window_bars,
 )
-from apollogan.metrics import METRICS
-from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
 

@@ -19,48 +19,60 @@ from apollogan.spec import RollSpec
 from apollogan.train import train
 
 QUIET = dict(log=lambda *a, **k: None, progress=False)
-TINY = {
-    "dcgan": ["model.width=4", "model.fc_dim=16"],
-    "lstm": ["model.hidden=16", "model.layers=2", "train.grad_clip=1.0"],
-    "vae": ["model.width=4", "model.latent_dim=8", "model.beta_warmup=4"],
-    "ae": ["model.width=4", "model.latent_dim=8"],
-    "lstm_gan": ["model.hidden=8", "model.d_hidden=8", "model.noise_dim=4", "train.feature_matching=0.5"],
-}
-# a parameter that only this family's networks have: a run that fell back to another family fails here
-SIGNATURE = {"dcgan": ("G", "net.0.weight"), "lstm": ("model", "lstm.weight_hh_l1"),
-             "vae": ("model", "encoder.head.1.weight"), "ae": ("model", "decoder.project.weight"),
-             "lstm_gan": ("D", "lstm.weight_ih_l0_reverse")}
 
 
 def tiny(tmp_path, chunks, family, *extra):
-    return load_config(None, [f"model.family={family}", *TINY[family], f"data.root={chunks}", "train.batch_size=4",
-                              "train.steps=6", "run.log_every=2", "run.sample_every=3", "run.checkpoint_every=3",
-                              "run.num_samples=4", "run.audio_samples=1", "run.metrics_every=6",
-                              "run.metrics_samples=8", "run.val_windows=16", f"run.runs_dir={tmp_path}/runs",
-                              f"run.checkpoints_dir={tmp_path}/ckpt", f"run.name={family}", *extra])
+    return load_config(None, [f"model.family={family}", *FAMILY_CONFIGS[family].smoke, f"data.root={chunks}",
+                              "train.batch_size=4", "train.steps=6", "run.log_every=2", "run.sample_every=3",
+                              "run.checkpoint_every=3", "run.num_samples=4", "run.audio_samples=1",
+                              "run.metrics_every=6", "run.metrics_samples=8", "run.val_windows=16",
+                              f"run.runs_dir={tmp_path}/runs", f"run.checkpoints_dir={tmp_path}/ckpt",
+                              f"run.name={family}", *extra])
 
 
-def test_the_registry_and_the_configs_name_the_same_families():
-    assert set(FAMILIES) == set(FAMILY_CONFIGS) == {"dcgan", "lstm", "vae", "ae", "lstm_gan", "cond_gan"}
+def signature(modules: dict) -> dict:
+    """Every parameter's name and shape, per module: what tells one family's networks from another's."""
+    return {m: {k: tuple(v.shape) for k, v in sd.items()} for m, sd in modules.items()}
 
 
-@pytest.mark.parametrize("family", ["lstm", "vae", "ae", "lstm_gan"])
-def test_family_trains_resumes_bit_exactly_and_samples_to_midi(tmp_path, chunks, family):
+def test_the_registry_names_each_family_with_its_own_config_and_kind():
+    from apollogan.config import GAN_FAMILIES
+    from apollogan.models.gan import GANFamily
+
+    assert {"dcgan", "lstm", "vae", "ae", "lstm_gan", "cond_gan"} <= set(FAMILIES) == set(FAMILY_CONFIGS)
+    for name, (cls, conf) in FAMILIES.items():
+        assert conf().family == name and conf.smoke, name
+        assert (name in GAN_FAMILIES) == issubclass(cls, GANFamily), name
+    assert set(GAN_FAMILIES) == {"dcgan", "lstm_gan", "cond_gan"}  # the adversarial ones, and only they
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_trains_resumes_bit_exactly_and_samples_to_midi(tmp_path, request, family):
+    conditional = FAMILIES[family][0] is FAMILIES["cond_gan"][0]  # draws melodies over given chords: parts data
+    chunks = request.getfixturevalue("parts_chunks" if conditional else "chunks")
     straight = train(tiny(tmp_path / "a", chunks, family), **QUIET)
     half = train(tiny(tmp_path / "b", chunks, family, "train.steps=3"), **QUIET)
     resumed = train(tiny(tmp_path / "b", chunks, family), resume=Path(half["checkpoint"]), **QUIET)
     a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     assert a["family"] == family and b["step"] == 6 and b["run_name"] == half["run_name"]
-    module, param = SIGNATURE[family]
-    assert param in a["modules"][module]
     for part in ("modules", "ema"):
         for name, sd in a[part].items():
             for k in sd:
                 assert torch.equal(sd[k], b[part][name][k]), (part, name, k)
+    spec = RollSpec.from_dict(a["spec"])
+    # the run built this family's networks, not another's: every other family's tiny networks differ
+    for other in FAMILIES:
+        if other != family:
+            try:
+                built = build_family(spec, tiny(tmp_path / "x", chunks, other))
+            except ValueError:  # a family that refuses these rolls (cond_gan without parts) cannot have trained
+                continue
+            assert signature({k: m.state_dict() for k, m in built.modules.items()}) != signature(a["modules"]), other
     torch.manual_seed(0)  # the loop builds the networks from train.seed (0 here)
-    fresh = build_family(RollSpec(), load_config(base=a["config"]))
-    moved = [k for k, v in fresh.modules[module].state_dict().items() if v.is_floating_point()
-             and not torch.equal(v, a["modules"][module][k])]
+    fresh = build_family(spec, load_config(base=a["config"]))
+    assert signature({k: m.state_dict() for k, m in fresh.modules.items()}) == signature(a["modules"])
+    moved = [(m, k) for m, net in fresh.modules.items() for k, v in net.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, a["modules"][m][k])]
     assert moved, "training left the weights where they started"
     # training returned finite figures, and the family's own validation figures where it has them
     assert all(math.isfinite(v) for k, v in straight.items() if k.startswith("Loss/"))
@@ -79,7 +91,7 @@ def test_family_trains_resumes_bit_exactly_and_samples_to_midi(tmp_path, chunks,
     assert len(mids) == 3
     for m in mids:
         assert mido.MidiFile(m).length > 0
-    if family != "lstm":  # a threshold of 0 turns every cell on: every pitch sounds
+    if family != "lstm":  # a threshold of 0 turns every cell on: every pitch of the (melody) part sounds
         notes = [x for x in mido.MidiFile(mids[0]).tracks[0] if x.type == "note_on" and x.velocity > 0]
         assert len(notes) >= 64
 
@@ -249,7 +261,7 @@ def test_two_process_ddp_trains_a_likelihood_family(tmp_path, chunks, family):
     from conftest import REPO
 
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
-                        "-m", "apollogan.train", f"model.family={family}", *TINY[family], f"data.root={chunks}",
+                        "-m", "apollogan.train", f"model.family={family}", *FAMILY_CONFIGS[family].smoke, f"data.root={chunks}",
                         "train.batch_size=4", "train.steps=4", "run.log_every=2", "run.sample_every=4",
                         "run.checkpoint_every=4", "run.val_windows=8", "run.metrics_samples=4",
                         f"run.runs_dir={tmp_path}/runs", f"run.checkpoints_dir={tmp_path}/ckpt", "run.name=ddp"],
@@ -272,7 +284,7 @@ def test_the_generator_step_leaves_d_weights_alone(chunks):
     from apollogan.models import StepContext
 
     torch.manual_seed(0)
-    cfg = load_config(None, [*TINY["dcgan"], "train.batch_size=4", "train.feature_matching=0.5"])
+    cfg = load_config(None, [*FAMILY_CONFIGS["dcgan"].smoke, "train.batch_size=4", "train.feature_matching=0.5"])
     fam = build_family(RollSpec(), cfg)
     D = fam.modules["D"]
     calls = {}

@@ -105,7 +105,7 @@ def test_each_part_has_its_colour():
 
 def test_decode_draws_each_window_in_its_meter_and_pitch_window(tmp_path):
     from apollogan.cli import find_midi_files
-    from apollogan.preprocess import WindowOptions, preprocess
+    from apollogan.data import WindowOptions, preprocess
     from apollogan.shards import ShardSet
     from apollogan.spec import RollSpec
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from apollogan.cli import UserError
-from apollogan.config import ModelConfig, load_config
+from apollogan.config import load_config
 from apollogan.losses import (
     d_fake_term,
     d_real_term,
@@ -16,12 +16,12 @@ from apollogan.losses import (
     r1_penalty,
 )
 from apollogan.models import Generator, build_models, count_params
-from apollogan.models.dcgan import ChromaStream, Discriminator, MinibatchStd
+from apollogan.models.dcgan import ChromaStream, DCGANConfig, Discriminator, MinibatchStd
 from apollogan.spec import RollSpec
 
 
 def test_reference_sizes_match_the_original_experiments():
-    g, d = build_models(RollSpec(), ModelConfig())
+    g, d = build_models(RollSpec(), DCGANConfig())
     assert 11.0e6 < count_params(g) < 11.3e6 and 14.0e6 < count_params(d) < 14.3e6
     z = g.noise(2)
     assert z.shape == (2, 7, 2, 8)
@@ -38,7 +38,7 @@ def test_reference_sizes_match_the_original_experiments():
     (dict(width=4, noise_channels=3, d_norm="none"), RollSpec()),
 ])
 def test_variants_build_with_computed_sizes(kw, spec):
-    g, d = build_models(spec, ModelConfig(**kw))
+    g, d = build_models(spec, DCGANConfig(**kw))
     x = g(g.noise(3))
     assert x.shape == (3, *spec.shape)
     assert d(x).shape == (3,)
@@ -80,8 +80,8 @@ def test_held_columns_with_an_onset_channel_start_notes_on_their_first_step_only
 
 
 def test_d_width_sizes_d_alone():
-    g, d = build_models(RollSpec(), ModelConfig(width=16))
-    g8, d8 = build_models(RollSpec(), ModelConfig(width=16, d_width=8))
+    g, d = build_models(RollSpec(), DCGANConfig(width=16))
+    g8, d8 = build_models(RollSpec(), DCGANConfig(width=16, d_width=8))
     assert count_params(g8) == count_params(g) and count_params(d8) < count_params(d) / 2
     assert d8.features[0].out_channels == 8 and d8(g8(g8.noise(2))).shape == (2,)
 
@@ -109,7 +109,7 @@ def test_d_mbstd_lets_d_see_the_batch(head):
     torch.manual_seed(0)
     x = torch.rand(4, 1, 64, 256)
     for mbstd, depends in ((0, False), (4, True)):
-        _, d = build_models(RollSpec(), ModelConfig(width=4, d_norm="none", d_head=head, d_mbstd=mbstd))
+        _, d = build_models(RollSpec(), DCGANConfig(width=4, d_norm="none", d_head=head, d_mbstd=mbstd))
         d.eval()
         y = x.clone()
         y[1:] = x[0]  # the rest of the batch: copies of sample 0
@@ -136,7 +136,7 @@ def test_chroma_stream_folds_octaves_and_beats():
     assert ChromaStream(RollSpec(onset=True), 4).per_beat(on)[0, 2, 1].item() == 1.0
     # D reads the stream beside the convolutions (and beside minibatch std): silencing it moves the logits
     for mbstd in (0, 2):
-        _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_chroma=4, d_mbstd=mbstd))
+        _, d = build_models(spec, DCGANConfig(width=4, d_norm="none", d_chroma=4, d_mbstd=mbstd))
         before = d(x)
         assert before.shape == (2,)
         for p in d.chroma.parameters():
@@ -149,7 +149,7 @@ def test_chroma_stream_folds_octaves_and_beats():
 
 
 def test_wrong_shapes_are_refused():
-    g, d = build_models(RollSpec(), ModelConfig(width=4))
+    g, d = build_models(RollSpec(), DCGANConfig(width=4))
     with pytest.raises(ValueError, match=r"noise must be \[B, 7, 2, 8\]"):
         g(torch.zeros(1, 7, 4, 8))
     with pytest.raises(ValueError, match=r"rolls must be \[B, 1, 64, 256\]"):
@@ -330,7 +330,7 @@ def test_generator_returns_the_probabilities_beside_its_binary_roll():
 def test_key_bias_moves_every_row_of_its_pitch_class_and_no_other():
     torch.manual_seed(0)
     spec = RollSpec()  # row p is MIDI pitch 30 + p: C# (pitch class 1) is rows 7, 19, 31, 43, 55
-    g, _ = build_models(spec, ModelConfig(width=4, g_upsample="nearest", g_hold=2, g_key=True, binary="deterministic"))
+    g, _ = build_models(spec, DCGANConfig(width=4, g_upsample="nearest", g_hold=2, g_key=True, binary="deterministic"))
     plain = Generator(spec, 4, binary="deterministic", upsample="nearest", hold=2)
     plain.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith("key.")})
     z = g.noise(3)
@@ -414,7 +414,7 @@ def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
     torch.manual_seed(0)
     spec = RollSpec()
     cfg = Config()
-    cfg.model = ModelConfig(width=4, g_upsample="nearest", g_hold=2, binary="deterministic", key_cond=True)
+    cfg.model = DCGANConfig(width=4, g_upsample="nearest", g_hold=2, binary="deterministic", key_cond=True)
     fam = DCGAN(spec, cfg)
     G, D = fam.modules["G"], fam.modules["D"]
     assert D.in_shape == (2, 64, 256) and G.key_cond_bias.weight.abs().sum() == 0
@@ -452,8 +452,8 @@ def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
     # generate --key: one key for every sample, by name; a minor key is its relative major's scale
     from argparse import Namespace
 
-    from apollogan.generate import sampling_options
     from apollogan.models.dcgan import key_number
+    from apollogan.sampling import sampling_options
 
     def args(key):
         return Namespace(prime=None, temperature=None, top_p=None, key=key)
@@ -462,7 +462,7 @@ def test_key_conditioned_gan_gives_g_the_real_windows_keys_and_d_their_scales():
     with pytest.raises(UserError, match="--key: 'H' is not a key"):
         sampling_options(fam, args("H"))
     plain_cfg = Config()
-    plain_cfg.model = ModelConfig(width=4)
+    plain_cfg.model = DCGANConfig(width=4)
     with pytest.raises(UserError, match="--key: this model has no such sampling option .*model.key_cond=true"):
         sampling_options(DCGAN(spec, plain_cfg), args("D"))
     in_d = fam.sample(4, torch.Generator().manual_seed(1), key=2)
@@ -481,8 +481,8 @@ def test_d_scale_shows_d_the_scale_of_each_rolls_own_key():
     from apollogan.models.dcgan import KeyScales
     torch.manual_seed(0)
     spec = RollSpec()
-    _, d = build_models(spec, ModelConfig(width=4, d_norm="none", d_scale=True, d_mbstd=2))
-    _, plain = build_models(spec, ModelConfig(width=4, d_norm="none"))
+    _, d = build_models(spec, DCGANConfig(width=4, d_norm="none", d_scale=True, d_mbstd=2))
+    _, plain = build_models(spec, DCGANConfig(width=4, d_norm="none"))
     d = d.to(memory_format=torch.channels_last)  # as training with train.channels_last has it
     assert d.features[0].in_channels == 2 and plain.features[0].in_channels == 1 and d.in_shape == (1, 64, 256)
     seen = []
@@ -514,7 +514,7 @@ def test_g_density_starts_g_at_that_note_density_instead_of_half_the_cells(upsam
     torch.manual_seed(0)
     spec = RollSpec()
     for density, low, high in ((0.0, 0.45, 0.55), (0.064, 0.05, 0.08)):
-        g, _ = build_models(spec, ModelConfig(width=8, g_upsample=upsample, binary="deterministic", g_density=density))
+        g, _ = build_models(spec, DCGANConfig(width=8, g_upsample=upsample, binary="deterministic", g_density=density))
         with torch.no_grad():
             p = g.eval()(g.noise(8))
             on = g.train()(g.noise(8))  # binary neurons: the cells G starts with on

@@ -5,7 +5,7 @@ import pytest
 from conftest import NOTTINGHAM, REPO
 
 from apollogan.cli import find_midi_files
-from apollogan.preprocess import WindowOptions
+from apollogan.data import WindowOptions
 from apollogan.spec import RollSpec
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -12,9 +12,9 @@ import torch
 from apollogan.checkpoint import family_from_checkpoint, load_checkpoint
 from apollogan.cli import UserError
 from apollogan.config import load_config
+from apollogan.data import WindowOptions, preprocess
 from apollogan.metrics import chord_tone_rate, metric_names, roll_metrics, tonal_distance_parts
 from apollogan.midi import MidiError, notes_to_midi, read_song, roll_to_parts, save_midi, song_roll
-from apollogan.preprocess import WindowOptions, preprocess
 from apollogan.shards import ShardSet, read_lines
 from apollogan.spec import RollSpec
 from apollogan.train import train

@@ -9,6 +9,7 @@ import pypianoroll
 import symusic
 from conftest import NOTTINGHAM, write_midi
 
+from apollogan.data import WindowOptions, convert_file, preprocess
 from apollogan.midi import read_song, roll_to_parts
 from apollogan.pianoroll import (
     complete_bars,
@@ -19,7 +20,6 @@ from apollogan.pianoroll import (
     rolls_to_multitrack,
     save_npz,
 )
-from apollogan.preprocess import WindowOptions, convert_file, preprocess
 from apollogan.shards import ShardSet, read_lines
 from apollogan.spec import RollSpec
 

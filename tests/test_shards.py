@@ -4,12 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from apollogan.cli import UserError, find_midi_files
-from apollogan.data import RollDataset, make_loader
+from apollogan.data import WindowOptions, default_workers, preprocess
 from apollogan.midi import notes_to_roll, read_song
-from apollogan.preprocess import WindowOptions, default_workers, preprocess
 from apollogan.shards import RECORD_DTYPE, ShardSet, read_lines
 from apollogan.spec import RollSpec
 
@@ -173,32 +171,22 @@ def test_rerun_replaces_old_shards(midi_dir, tmp_path):
     assert len(ShardSet(root)) < n_before
 
 
-def test_loader_yields_float_batches(midi_dir, tmp_path):
+def test_batches_gather_as_uint8_with_onsets_inside_sustain(midi_dir, tmp_path):
     build(midi_dir, tmp_path / "c", RollSpec(onset=True), hop=32)
-    ds = RollDataset(tmp_path / "c", spec=RollSpec(onset=True))
-    assert ds[0].shape == (2, 64, 256) and ds[0].dtype == torch.float32
-    batches = list(make_loader(ds, batch_size=4, seed=3))
-    assert all(b.shape == (4, 2, 64, 256) and b.dtype == torch.float32 for b in batches)
-    assert set(torch.unique(torch.cat(batches)).tolist()) == {0.0, 1.0}
-    again = list(make_loader(ds, batch_size=4, seed=3))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    # onsets are a subset of sustain
-    x = torch.cat(batches)
+    shards = ShardSet(tmp_path / "c", spec=RollSpec(onset=True))
+    idx = np.array([0, 2, 3, 7])
+    x = shards.get(idx)
+    assert x.shape == (4, 2, 64, 256) and x.dtype == np.uint8
+    assert set(np.unique(x).tolist()) == {0, 1}
+    assert np.array_equal(x[1], shards.get(np.array([2]))[0])  # one gather is the windows one by one
+    # onsets are a subset of sustain, and fewer
     assert (x[:, 1] <= x[:, 0]).all() and x[:, 1].sum() < x[:, 0].sum()
-
-
-def test_loader_with_worker_processes(midi_dir, tmp_path):
-    build(midi_dir, tmp_path / "c", hop=32)
-    ds = RollDataset(tmp_path / "c")
-    serial = torch.cat(list(make_loader(ds, 4, shuffle=False)))
-    parallel = torch.cat(list(make_loader(ds, 4, shuffle=False, num_workers=2)))
-    assert torch.equal(serial, parallel)
 
 
 def test_one_tune_in_two_formats_lands_in_one_split_and_mid_names_keep_their_split():
     import hashlib
 
-    from apollogan.preprocess import split_of
+    from apollogan.data import split_of
 
     for stem in ("ashover1", "jigs12", "reels_simple_chords_5", "x"):
         splits = {split_of(f"some/dir/{stem}{suffix}", 0.5) for suffix in (".mid", ".npz", ".MIDI", ".kar")}
@@ -221,7 +209,7 @@ def test_file_list_is_normalised_and_an_unconverted_run_leaves_nothing(tmp_path)
 
 
 def test_an_interrupted_run_leaves_no_file_behind(midi_dir, tmp_path, monkeypatch):
-    import apollogan.preprocess as pp
+    import apollogan.data as pp
 
     calls = []
 
@@ -266,7 +254,7 @@ def test_two_runs_starting_at_once_preprocess_the_bundled_data_once(tmp_path):
     import sys
     root = tmp_path / "nottingham"
     # each process says it is ready, waits for the other, then both look for shards at the same moment
-    code = ("import sys, time, pathlib; from apollogan.preprocess import ensure_shards; "
+    code = ("import sys, time, pathlib; from apollogan.data import ensure_shards; "
             f"t = pathlib.Path({str(tmp_path)!r}); (t / f'ready-{{sys.argv[1]}}').touch(); "
             "[time.sleep(0.01) for _ in range(3000) if len(list(t.glob('ready-*'))) < 2]; "
             f"ensure_shards({str(root)!r}, log=lambda m: print(m, flush=True))")

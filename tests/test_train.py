@@ -16,7 +16,7 @@ from conftest import NOTTINGHAM, REPO
 from apollogan.checkpoint import load_checkpoint, resolve_checkpoint
 from apollogan.cli import UserError, find_midi_files
 from apollogan.config import load_config
-from apollogan.preprocess import WindowOptions, preprocess
+from apollogan.data import WindowOptions, preprocess
 from apollogan.spec import RollSpec
 from apollogan.train import BatchStream, train
 

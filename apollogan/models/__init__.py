@@ -18,6 +18,12 @@ A family is built from (spec, config) and supplies:
     validate(windows, nets=, device=) -> {"Val/...": float}: the family's own held-out figures
     describe()             a line of parameter counts
 
+Each family's file also defines its config dataclass (the ``model`` section: its options, their
+``choices``, a ``check(train)`` of their values, and ``smoke`` overrides that make it tiny), and
+FAMILIES below registers the two together: config.py derives the family list, the GAN families
+and the section's types from it. Adding a family is its file, one line in FAMILIES and a preset
+(docs/models.md).
+
 The training loop (apollogan/train.py) owns everything else: device, DDP, autocast, batches,
 EMA, resume, checkpoints, TensorBoard.
 """
@@ -25,18 +31,32 @@ from __future__ import annotations
 
 from ..spec import RollSpec
 from .common import StepContext, count_params
-from .cond_gan import CondGAN
-from .dcgan import DCGAN, Discriminator, Generator, build_models, init_weights
-from .lstm import LSTMComposer
-from .lstm_gan import LSTMGAN
-from .vae import Autoencoder
+from .cond_gan import CondGAN, CondGANConfig
+from .dcgan import DCGAN, DCGANConfig, Discriminator, Generator, build_models, init_weights
+from .gan import GANFamily
+from .lstm import LSTMComposer, LSTMConfig
+from .lstm_gan import LSTMGAN, LSTMGANConfig
+from .vae import AEConfig, Autoencoder, VAEConfig
 
-FAMILIES = {"dcgan": DCGAN, "lstm": LSTMComposer, "vae": Autoencoder, "ae": Autoencoder, "lstm_gan": LSTMGAN, "cond_gan": CondGAN}
+# model.family -> (the family's class, its config dataclass)
+FAMILIES = {
+    "dcgan": (DCGAN, DCGANConfig),
+    "lstm": (LSTMComposer, LSTMConfig),
+    "vae": (Autoencoder, VAEConfig),
+    "ae": (Autoencoder, AEConfig),
+    "lstm_gan": (LSTMGAN, LSTMGANConfig),
+    "cond_gan": (CondGAN, CondGANConfig),
+}
 
-__all__ = ["FAMILIES", "StepContext", "build_family", "count_params", "Generator", "Discriminator", "build_models",
-           "init_weights"]
+__all__ = ["FAMILIES", "StepContext", "build_family", "count_params", "is_gan", "Generator", "Discriminator",
+           "build_models", "init_weights"]
+
+
+def is_gan(family: str) -> bool:
+    """Whether a registered family trains adversarially (it reads the GAN train options)."""
+    return issubclass(FAMILIES[family][0], GANFamily)
 
 
 def build_family(spec: RollSpec, cfg):
     """The family named by ``cfg.model.family``, its networks initialised from the current torch seed."""
-    return FAMILIES[cfg.model.family](spec, cfg)
+    return FAMILIES[cfg.model.family][0](spec, cfg)

@@ -17,6 +17,9 @@ which MidiNet used) are the DCGAN's, through the shared adversarial step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -24,6 +27,24 @@ from ..spec import RollSpec
 from .common import batches
 from .dcgan import NOISE_HW, Discriminator, _doublings, _widths, init_weights
 from .gan import GANFamily
+
+
+@dataclass
+class CondGANConfig:
+    """model.family=cond_gan: a melody over given chords, MidiNet style (apollogan/models/cond_gan.py).
+
+    Needs shards with parts (preprocess --parts tracks or skyline)."""
+
+    family: str = "cond_gan"
+    width: int = 64  # d of the generator and the discriminator, as the DCGAN's
+    noise_channels: int = 7  # noise [7, 2, 8]
+    cond_width: int = 16  # channels of the conditioner's map at each of G's resolutions
+    d_head: str = "fc2"
+    fc_dim: int = 512
+    d_norm: str = "batch"
+
+    choices: ClassVar[dict] = {"d_head": ("fc2", "fc1", "none"), "d_norm": ("batch", "spectral", "none")}
+    smoke: ClassVar[tuple] = ("model.width=4", "model.cond_width=4", "model.fc_dim=16")
 
 
 class ChordToneMap(nn.Module):

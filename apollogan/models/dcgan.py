@@ -14,18 +14,80 @@ five doublings); every derived size is computed, never hard-coded.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..config import DCGANConfig
+from ..cli import UserError
 from ..metrics import SCALES
 from ..spec import RollSpec
 from .common import batches
 from .gan import GANFamily
 
 NOISE_HW = (2, 8)
+
+
+@dataclass
+class DCGANConfig:
+    """model.family=dcgan: the reference convolutional GAN (apollogan/models/dcgan.py)."""
+
+    family: str = "dcgan"
+    width: int = 128  # d: channels are multiples of it
+    d_width: int = 0  # D's d when it differs from G's, as a width, not a ratio (0: model.width)
+    noise: str = "reference"  # "reference": noise is a [7, 2, 8] tensor; "flat": a vector projected to it
+    noise_channels: int = 7
+    noise_dim: int = 100  # length of the flat noise vector
+    d_head: str = "fc2"  # discriminator head: "fc2" (reference: linear 512, linear 1), "fc1", "none"
+    fc_dim: int = 512
+    d_norm: str = "batch"  # "batch" (reference), "spectral", "none"
+    d_mbstd: int = 0  # minibatch standard deviation before D's head over groups of this many samples (ProGAN: 4; 0: off)
+    g_upsample: str = "transposed"  # G's doublings: "transposed" convs k4 s2 (reference) or "nearest" resize + conv k3
+    binary: str = "none"  # G's output in training: "none" (probabilities), or binary neurons with a
+    # straight-through gradient (BinaryMuseGAN): "deterministic" (p >= 0.5) or "stochastic" (drawn with p)
+    binary_grad: str = "sigmoid"  # the binary neurons' backward: "sigmoid" (sigmoid-adjusted straight-through,
+    # BinaryMuseGAN) or "identity" (plain straight-through: the output's gradient goes to the logits as it is)
+    g_hold: int = 1  # G draws one column per g_hold steps and holds it (1, 2 or 4): its last layers double
+    # pitch only, so no note is shorter than g_hold steps and onsets fall on multiples of it (an onset
+    # channel is on at a held column's first step only)
+    key_cond: bool = False  # a GAN conditioned on the key (one of 12 diatonic scales, the best fit to a real
+    # window's notes): G gets it beside the noise, D sees its scale as one more channel; samples draw keys
+    # from the training windows' (docs/models.md)
+
+    # Research options that did not help (docs/ablations.md): off by default, kept so that the rounds'
+    # runs reload and rerun.
+    d_chroma: int = 0  # rounds 15, 16: channels of a chroma stream into D's head (pitch classes per beat, MuseGAN)
+    g_key: bool = False  # rounds 14 to 16: G adds a per-sample bias to each of the 12 pitch classes (from the
+    # noise by one linear layer, zero at the start), the same in every octave and step
+    d_scale: bool = False  # round 18: D also reads the scale of each roll's own key (the best of 12 diatonic
+    # scales for its notes) as one more channel, real and generated alike
+    g_density: float = 0.0  # round 36: G's output bias starts at the logit of this note density instead of 0
+
+    choices: ClassVar[dict] = {"noise": ("reference", "flat"), "d_head": ("fc2", "fc1", "none"),
+                               "d_norm": ("batch", "spectral", "none"), "binary": ("none", "deterministic", "stochastic"),
+                               "g_upsample": ("transposed", "nearest"), "binary_grad": ("sigmoid", "identity")}
+    smoke: ClassVar[tuple] = ("model.width=4", "model.fc_dim=16")  # a tiny model for CPU smoke runs (the tests)
+
+    def check(self, train) -> None:
+        """The options' values against each other and the train section (config.validate calls it)."""
+        if self.d_chroma < 0:
+            raise UserError("model.d_chroma: must be >= 0 (channels of D's chroma stream; 0: off)")
+        if self.d_chroma and self.d_head == "none":
+            raise UserError("model.d_chroma: the chroma stream feeds D's linear head; model.d_head=none has none")
+        if self.d_mbstd < 0 or self.d_mbstd == 1:
+            raise UserError(f"model.d_mbstd: {self.d_mbstd} must be 0 (off) or a group size of at least 2")
+        if self.d_mbstd and train.batch_size % self.d_mbstd:
+            raise UserError(f"model.d_mbstd: groups of {self.d_mbstd} must divide train.batch_size ({train.batch_size})")
+        if self.d_width < 0:
+            raise UserError("model.d_width: must be >= 0 (0: model.width)")
+        if not 0 <= self.g_density < 1:  # NaN fails too
+            raise UserError(f"model.g_density: {self.g_density} must be in [0, 1) (a note density; 0: a zero output bias)")
+        if self.g_hold not in (1, 2, 4):
+            raise UserError(f"model.g_hold: {self.g_hold} must be 1, 2 or 4 (steps G holds each column for)")
+        if self.binary_grad != "sigmoid" and self.binary == "none":
+            raise UserError("model.binary_grad: the backward of binary neurons; set model.binary too")
 
 
 def _doublings(spec: RollSpec, noise_hw=NOISE_HW) -> int:

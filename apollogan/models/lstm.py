@@ -16,13 +16,32 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cli import UserError
 from ..spec import RollSpec
 from .common import StepContext, batches, count_params, from_frames, likelihood_update, to_frames
+
+
+@dataclass
+class LSTMConfig:
+    """model.family=lstm: next-frame composer; a frame is one roll column (apollogan/models/lstm.py)."""
+
+    family: str = "lstm"
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.2  # between LSTM layers
+
+    smoke: ClassVar[tuple] = ("model.hidden=16", "model.layers=2", "train.grad_clip=1.0")
+
+    def check(self, train) -> None:
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout: {self.dropout} must be in [0, 1)")
 
 
 class FrameLSTM(nn.Module):

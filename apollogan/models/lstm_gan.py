@@ -8,12 +8,30 @@ label smoothing, k D-steps).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from ..spec import RollSpec
 from .common import from_frames, to_frames
 from .gan import GANFamily
+
+
+@dataclass
+class LSTMGANConfig:
+    """model.family=lstm_gan: LSTM generator from per-step noise, LSTM discriminator (apollogan/models/lstm_gan.py)."""
+
+    family: str = "lstm_gan"
+    noise_dim: int = 32  # noise per time step
+    hidden: int = 128  # generator LSTM
+    layers: int = 2
+    d_hidden: int = 128  # discriminator LSTM
+    d_layers: int = 1
+    bidirectional: bool = True  # discriminator reads the roll both ways
+
+    smoke: ClassVar[tuple] = ("model.hidden=8", "model.d_hidden=8", "model.noise_dim=4", "train.feature_matching=0.5")
 
 
 class LSTMGenerator(nn.Module):

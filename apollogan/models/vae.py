@@ -10,16 +10,45 @@ tutorial it comes from (its codes are not fitted to any prior, which is what the
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cli import UserError
 from ..midi import note_bounds
 from ..spec import RollSpec
 from .common import StepContext, batches, count_params, likelihood_update
 from .dcgan import Discriminator, Generator, init_weights
+
+
+@dataclass
+class AEConfig:
+    """model.family=ae: convolutional autoencoder over whole rolls (apollogan/models/vae.py)."""
+
+    family: str = "ae"
+    width: int = 32  # d of the encoder (the DCGAN discriminator's convolutions) and decoder (its generator's)
+    latent_dim: int = 64
+
+    smoke: ClassVar[tuple] = ("model.width=4", "model.latent_dim=8")
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    """model.family=vae: the autoencoder with a Gaussian code and a KL term."""
+
+    family: str = "vae"
+    beta: float = 1.0  # weight of the KL term
+    beta_warmup: int = 0  # steps over which the KL weight rises linearly from 0 to beta
+
+    smoke: ClassVar[tuple] = ("model.width=4", "model.latent_dim=8", "model.beta_warmup=4")
+
+    def check(self, train) -> None:
+        if not (self.beta >= 0 and self.beta_warmup >= 0):  # NaN fails too
+            raise UserError("model.beta and model.beta_warmup must be >= 0")
 
 
 class ConvAutoencoder(nn.Module):

@@ -1,7 +1,7 @@
 """What is in a shard set: counts, density, pitch histograms, losses, and a picture.
 
-    python -m apollogan.inspect chunks/nottingham
-    python -m apollogan.inspect chunks/nottingham --png inspect.png --samples 16
+    python -m apollogan.describe chunks/nottingham
+    python -m apollogan.describe chunks/nottingham --png inspect.png --samples 16
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def report(root) -> tuple[str, dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m apollogan.inspect", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m apollogan.describe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("chunks", type=Path, metavar="CHUNKS_DIR")
     ap.add_argument("--png", type=Path, help="grid of sample rolls (default CHUNKS_DIR/inspect.png)")
