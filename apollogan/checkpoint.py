@@ -15,6 +15,7 @@ too, allowing numpy arrays alone, and converted.
 from __future__ import annotations
 
 import os
+import random
 import re
 import sys
 import warnings
@@ -112,6 +113,41 @@ def reconcile_best(ckpt_dir: Path, best: dict | None, log=print) -> dict | None:
     path.unlink()
     log(f"{path}: was {was}, not the best of the checkpoint resumed from, which is no longer kept; removed")
     return None
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    """Every RNG a run draws from, as tensors and plain values (what a weights-only load accepts)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "noise": gen.get_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                int(has_gauss), float(cached)),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen.set_state(state["noise"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
+    random.setstate(state["python"])
+
+
+def restore(ckpt: dict, family, ema: dict, optimizers: dict, gen: torch.Generator, rank: int, world: int) -> None:
+    """A resumed run's networks, moving averages, optimisers and (same process count) RNGs from ``ckpt``."""
+    try:
+        for k, m in family.modules.items():
+            m.load_state_dict(ckpt["modules"][k])
+        for k, m in ema.items():
+            m.load_state_dict(ckpt["ema"][k])
+        for k, o in optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        if world == ckpt.get("world", 1) and len(ckpt["rng"]) == world:
+            set_rng_state(ckpt["rng"][rank], gen)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"checkpoint does not fit its {family.name} config "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
 def _numpy_globals() -> list:

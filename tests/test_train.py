@@ -330,7 +330,7 @@ def test_unusable_roll_shape_and_unwritable_output_are_one_line(tmp_path, chunks
 
 
 def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.monitor as tr
 
     scripted = {2: 3.0, 4: 1.0, 6: 2.0}  # the best is neither the first nor the last evaluation
     on_val = {2: 0.5, 4: 3.0, 6: 2.0}  # what the validation windows would choose: step 2
@@ -358,7 +358,7 @@ def test_best_checkpoint_is_the_lowest_training_time_overall_and_survives_resume
 
 
 def test_best_checkpoint_passes_over_steps_whose_samples_are_too_alike(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.monitor as tr
 
     # step 2 has the lowest overall figure but its samples are 4.5x as alike as real windows (0.2);
     # step 4 is the best of the steps under 3x; step 6 is alike and worse
@@ -433,7 +433,7 @@ def test_best_raw_scores_the_raw_weights_too_without_changing_the_training(tmp_p
 
 def test_best_raw_writes_the_raw_weights_as_what_best_pt_samples_and_keeps_them_on_resume(tmp_path, chunks,
                                                                                        monkeypatch):
-    import apollogan.train as tr
+    import apollogan.monitor as tr
 
     ema = {2: 3.0, 4: 2.0, 6: 2.5}
     raw = {2: (2.8, 0.3), 4: (1.5, 0.3), 6: (1.0, 0.3)}  # (overall, pair IoU): the real windows' is 0.2
@@ -472,7 +472,7 @@ def test_best_raw_writes_the_raw_weights_as_what_best_pt_samples_and_keeps_them_
 
 
 def test_best_is_chosen_on_validation_windows_when_no_training_window_has_the_meter(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.monitor as tr
 
     real_same_meter = tr.same_meter
 
@@ -490,7 +490,7 @@ def test_best_is_chosen_on_validation_windows_when_no_training_window_has_the_me
 
 
 def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, chunks, monkeypatch):
-    import apollogan.train as tr
+    import apollogan.monitor as tr
 
     scripted = {2: 3.0, 4: 2.0, 6: 1.0}
     monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/train/overall": scripted[a[6]]})
