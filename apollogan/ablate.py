@@ -288,6 +288,21 @@ def hardware() -> str:
     return f"{model.group(1).strip() if model else 'CPU'}, {os.cpu_count()} cores ({' '.join(units) or 'no AVX2'})"
 
 
+def source_commit() -> dict:
+    """The commit the code ran at and whether its tree had changes: {"commit", "dirty"} (None where the
+    code is not in a git checkout), so that a result says what reproduces it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def _without_steps(config: dict) -> dict:
     """A resolved config without train.steps: a run continued to more steps is the same run."""
     return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "steps"}}
@@ -371,7 +386,7 @@ def run_job(job: Job) -> dict:
                  "steps": job.steps,
                  "trained_steps": trained["steps"], "stopped_by": trained.get("stopped_by", "steps"),
                  "wall_s": round(wall + time.perf_counter() - t0, 2), "train_loop_s": trained["elapsed_s"],
-                 "samples_per_s": trained["samples_per_s"], "hardware": hardware(),
+                 "samples_per_s": trained["samples_per_s"], "hardware": hardware(), **source_commit(),
                  "train_command": shlex.join(job.train_cmd), "config": job.config, "evaluation": ev}
         _log_hparams(run_dir / "final", job, final)
         atomic_write_json(run_dir / "final.json", final)
@@ -405,7 +420,8 @@ def result_row(final: dict) -> dict:
     row = {"cell": final["cell"], "seed": final["seed"], "run": final["run"],
            "overrides": " ".join(final["overrides"] + final["evaluate_args"]),
            "steps": final.get("trained_steps", final["steps"]),
-           "wall_s": final["wall_s"], "samples_per_s": final["samples_per_s"], "overall": ev["overall"]}
+           "wall_s": final["wall_s"], "samples_per_s": final["samples_per_s"], "overall": ev["overall"],
+           "commit": (final.get("commit") or "")[:12] + ("-dirty" if final.get("dirty") else "")}
     for k, v in ev["metrics"].items():
         row[k], row[f"{k}_gap"] = v["generated_mean"], v["gap"]
     for t in ("0.5", "0.8", "0.95"):
@@ -560,7 +576,7 @@ def _scope(ab: Ablation, runs: int) -> str:
             f"{_count(runs, 'run')} in {ab.runs_dir}")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.ablate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", type=Path, help="ablation file, for example configs/ablations/loss.yaml")
@@ -579,7 +595,11 @@ def main(argv=None) -> int:
     s.add_argument("--cpus-per-task", type=int, help="CPU cores per task")
     s.add_argument("--mem-gb", type=int, help="memory per task in GB")
     s.add_argument("--time", type=int, default=120, help="time limit per task in minutes (default %(default)s)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     if (a.jobs is not None and a.jobs < 1) or (a.seeds is not None and a.seeds < 1) or (a.steps is not None and a.steps < 1):
         raise UserError("--jobs, --seeds and --steps must be at least 1")
     ab = load_ablation(a.file, a.seeds, a.steps)

@@ -17,7 +17,7 @@ from .midi import check_programs, notes_to_midi, part_names, roll_to_parts, save
 from .shards import ShardSet
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.decode", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("chunks", type=Path, metavar="CHUNKS_DIR", help="a shard set made by apollogan.preprocess")
@@ -28,7 +28,11 @@ def main(argv=None) -> int:
     ap.add_argument("--png", action="store_true", help="also write a PNG per window and a grid of all")
     ap.add_argument("--program", type=int, nargs="+", default=[0], metavar="P",
                     help="General MIDI program, one for every part or one per part (default 0: piano)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     shards = ShardSet(a.chunks, a.split)
     programs = check_programs(a.program, shards.spec)
     n = len(shards)

@@ -76,14 +76,18 @@ def report(root) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.describe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("chunks", type=Path, metavar="CHUNKS_DIR")
     ap.add_argument("--png", type=Path, help="grid of sample rolls (default CHUNKS_DIR/inspect.png)")
     ap.add_argument("--samples", type=int, default=16, help="rolls in the grid (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="which windows are pictured (default %(default)s)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     if a.samples < 0:
         raise UserError("--samples: must be 0 (no picture) or more")
     text, _ = report(a.chunks)

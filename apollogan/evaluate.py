@@ -113,8 +113,12 @@ def _nan_to_none(obj):
     return obj
 
 
+def build_parser():
+    return evaluate_parser(__doc__)
+
+
 def main(argv=None) -> int:
-    a = evaluate_parser(__doc__).parse_args(argv)
+    a = build_parser().parse_args(argv)
     if a.num < 1:
         raise UserError("--num: must be at least 1")
     if a.meter:

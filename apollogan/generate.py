@@ -104,7 +104,7 @@ def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -133,7 +133,11 @@ def main(argv=None) -> int:
     mode.add_argument("--condition", type=Path, metavar="FILE.mid",
                       help="cond_gan: melodies over the chords of this file (its lowest track)")
     add_sampling_args(ap)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     if a.tempo <= 0 or a.num < 1 or (a.interpolate is not None and a.interpolate < 2):
         raise UserError("--tempo and --num must be positive, --interpolate at least 2")
     a.device = pick_device(a.device)

@@ -63,7 +63,7 @@ def spec_from_args(a) -> RollSpec:
         raise UserError(str(e)) from None
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.preprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files (.mid, .midi, .kar), pypianoroll .npz files "
@@ -87,7 +87,11 @@ def main(argv=None) -> int:
     g.add_argument("--max-beats", type=int, default=o.max_beats, help="skip longer files as broken (default %(default)s)")
     g.add_argument("--shard-windows", type=int, default=8192, help="windows per shard file (default %(default)s)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     spec = spec_from_args(a)
     if a.hop < 1 or a.workers < 0 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
         raise UserError("--hop and --shard-windows must be positive, --workers 0 or more and --val-fraction in [0, 1)")

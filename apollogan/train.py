@@ -360,14 +360,18 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
             "checkpoint": str(ckpt_dir / "last.pt"), **timing, **final}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, help="YAML preset, for example configs/quick.yaml")
     ap.add_argument("--resume", metavar="PATH", help="checkpoint file, checkpoint folder or run name")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for example train.steps=100 run.name=try")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     resume = resolve_checkpoint(a.resume)[1] if a.resume else None
     cfg = load_config(a.config, a.overrides, base=resume["config"] if resume else None)
     if a.dry_run:

@@ -1,8 +1,8 @@
 """Checkpoint selection measured: the last checkpoint, best.pt's rule and a pair-IoU rule, per run.
 
-    python -m apollogan.ablate configs/ablations/quick-select.yaml --jobs 2
-    python scripts/select_checkpoints.py quick-select --k 3 --num 1000
-    python scripts/select_checkpoints.py quick-long --curve
+    python -m apollogan.ablate configs/ablations/rounds/r09-quick-select.yaml --jobs 2
+    python scripts/select_checkpoints.py r09-quick-select --k 3 --num 1000
+    python scripts/select_checkpoints.py r12-quick-long --curve
 
 For every run of an ablation (runs/ablations/NAME/RUN, checkpoints/ablations/NAME/RUN) it reads
 the training-time figures logged to TensorBoard at each kept checkpoint (``Metrics/overall`` and
@@ -17,7 +17,7 @@ per run and as means, the figures of three choices:
 
 With ``--curve`` it scores every kept checkpoint instead and prints, per step, each run's
 1,000-sample overall figure (pair IoU) and, per cell, their mean over its runs: how a preset's runs go on
-with more steps (round 12, ``quick-long``).
+with more steps (round 12, ``r12-quick-long``).
 
 Each checkpoint's scores are cached as JSON beside it (``step-NNNNNNN.eval-N.json``), so a second
 call only prints. Both rules choose on the validation windows the checkpoints are then scored
@@ -27,7 +27,7 @@ instead (``--select-num`` samples, seed 1, cached the same way; the pair IoU lim
 the validation windows' own pair IoU, a property of the data rather than of any checkpoint), and
 the chosen checkpoint's 1,000-sample validation figure is an honest one:
 
-    python scripts/select_checkpoints.py quick-key7 --k 3 --choose-on train
+    python scripts/select_checkpoints.py r31-quick-key7 --k 3 --choose-on train
 """
 from __future__ import annotations
 

@@ -67,11 +67,11 @@ variants:
 
 def test_a_cell_with_other_data_options_gets_its_own_shards(tmp_path):
     # a base on the default bundled folder (chunks/nottingham): the preset of rounds 23 to 33
-    f = write(tmp_path / "onset.yaml", "base: configs/ablations/quick-r23.yaml\ngrid: {data.onset: [false, true]}\n")
+    f = write(tmp_path / "onset.yaml", "base: configs/ablations/rounds/base-r23.yaml\ngrid: {data.onset: [false, true]}\n")
     jobs = {j.cell: j for j in plan(load_ablation(f), build_data=False)}
     assert not any(a.startswith("data.root=") for a in jobs["onset=false"].train_cmd)
     assert "data.root=chunks/nottingham-onset" in jobs["onset=true"].train_cmd
-    f = write(tmp_path / "key.yaml", "base: configs/ablations/quick-r23.yaml\ngrid: {data.key_normalize: [true]}\n")
+    f = write(tmp_path / "key.yaml", "base: configs/ablations/rounds/base-r23.yaml\ngrid: {data.key_normalize: [true]}\n")
     (job,) = plan(load_ablation(f), build_data=False)
     assert "data.root=chunks/nottingham-key" in job.train_cmd
     # a base on the bundled folder made with its own options
@@ -183,6 +183,12 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
     finals = {x["run"]: json.loads((base / x["run"] / "final.json").read_text()) for x in rows}
     assert all(f["evaluation"]["samples"] == 200 and f["evaluation"]["meter"] == "4/4" for f in finals.values())
     assert len({f["evaluation"]["overall"] for f in finals.values()}) > 1  # seeds and cells differ
+    # every result names the commit it ran at (none outside a git checkout), as results.csv does
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    assert all(f["commit"] == commit and isinstance(f["dirty"], bool) == (commit is not None) for f in finals.values())
+    assert all(x["commit"].startswith((commit or "")[:12]) and x["commit"].endswith("-dirty") == finals[x["run"]]["dirty"]
+               for x in rows)
     md = (base / "summary.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("| loss=")]
     assert len(table) == 4 and all("| 2 |" in ln and " ± " in ln for ln in table)  # headline and every metric
