@@ -404,7 +404,8 @@ def _log_hparams(folder: Path, job: Job, final: dict) -> None:
         k, _, v = o.partition("=")
         hp[k] = v
     ev = final["evaluation"]
-    metrics = {"final/overall": ev["overall"],
+    metrics = {"final/overall": ev["overall"], "final/fd": (ev.get("fd") or {}).get("value"),
+               "final/kd": (ev.get("kd") or {}).get("value"),
                "final/memorisation_above_0.8": (ev.get("memorisation") or {}).get("above_0.8"),
                "final/samples_per_s": final["samples_per_s"], "final/wall_s": final["wall_s"]}
     metrics.update({f"final/{k}": v["generated_mean"] for k, v in ev["metrics"].items()})
@@ -422,6 +423,9 @@ def result_row(final: dict) -> dict:
            "steps": final.get("trained_steps", final["steps"]),
            "wall_s": final["wall_s"], "samples_per_s": final["samples_per_s"], "overall": ev["overall"],
            "commit": (final.get("commit") or "")[:12] + ("-dirty" if final.get("dirty") else "")}
+    for k in ("fd", "kd"):  # the headline figures in the feature network's space, where evaluate had one
+        row[k] = (ev.get(k) or {}).get("value")
+        row[f"{k}_floor"] = (ev.get(f"{k}_floor") or {}).get("value")
     for k, v in ev["metrics"].items():
         row[k], row[f"{k}_gap"] = v["generated_mean"], v["gap"]
     for t in ("0.5", "0.8", "0.95"):
@@ -447,7 +451,7 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-HEADLINE = ("overall", "qualified_note_rate_q2", "groove_consistency", "scale_consistency", "polyphony",
+HEADLINE = ("fd", "kd", "overall", "qualified_note_rate_q2", "groove_consistency", "scale_consistency", "polyphony",
             "empty_bar_rate", "pitch_classes_used", "pair_iou")
 COST = ("memorisation_above_0.8", "steps", "wall_s", "samples_per_s")
 
@@ -463,9 +467,12 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
     diversity = next((f["evaluation"]["diversity"] for f in finals if "diversity" in f["evaluation"]), None)
     if diversity:
         real["pair_iou"] = diversity["real_pair_iou"]
-    cols = ["overall", *metric_names, "pair_iou", *COST]
+    cols = ["fd", "kd", "overall", *metric_names, "pair_iou", *COST]
     stats = {c: {k: np.array([_num(result_row(f).get(k)) for f in finals if f["cell"] == c]) for k in cols}
              for c in cells}
+    # the feature distances' real floor: training against validation windows, the same in every run
+    floor = {k: np.nanmean(v) for k in ("fd", "kd")
+             if np.isfinite(v := np.array([_num(result_row(f).get(f"{k}_floor")) for f in finals])).any()}
 
     def score(col, v):  # lower is better
         return -v if col in ("samples_per_s", "steps") else abs(v - real[col]) if col in real else v
@@ -480,6 +487,9 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
         out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         if first:
             out.append("| real (validation) | | " + " | ".join(f"{real[c]:.3f}" if c in real else "" for c in columns) + " |")
+        if floor and any(c in floor for c in columns):
+            out.append("| real floor (training vs validation) | | " + " | ".join(f"{floor[c]:.3f}" if c in floor else ""
+                                                                               for c in columns) + " |")
         for c in cells:
             txt = []
             for col in columns:
@@ -498,7 +508,8 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
               f"hardware: {'; '.join(hw) or '-'}.", "",
               f"Each entry: mean ± std over seeds. Free samples are scored against the validation windows in "
               f"{first['meter'] if first and 'meter' in first else 'their meter'}. Best per column in bold: lowest "
-              "overall, memorisation and wall time; most steps and samples/s; metrics: closest to real.", ""]
+              "FD (the headline: docs/metrics.md), KD, overall, memorisation and wall time; most steps and samples/s; "
+              "metrics: closest to real.", ""]
     lines += table([c for c in HEADLINE if c in cols] + list(COST))
     lines += ["", "Every metric (generated mean):", ""] + table(metric_names)
     lines += ["", "Cells:", ""] + [f"- `{c.name}`: {_cell_text(ab, c)}" for c in ab.cells]

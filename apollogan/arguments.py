@@ -67,6 +67,12 @@ def evaluate_parser(description: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")
     ap.add_argument("--device", default="auto", help="where the checkpoint samples and the nearest-window search "
                     "runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N")
+    f = ap.add_argument_group("feature distances (the headline figures: docs/metrics.md)")
+    f.add_argument("--features", type=Path, metavar="FILE", help="feature network (default: the one trained beside the "
+                   "shards, else the bundled one where the roll spec matches)")
+    f.add_argument("--feature-size", type=int, metavar="N", help="generated and real windows per figure (default 200); "
+                   "given, too few windows is an error instead of a skipped figure")
+    f.add_argument("--no-features", action="store_true", help="skip the feature distances")
     ap.add_argument("--against", metavar="RUN", help="with a conditional checkpoint: also score this (unconditional) "
                                                      "model's melodies over the same chords")
     add_sampling_args(ap)

@@ -93,6 +93,9 @@ class RunConfig:
     # autoencoder's model), which win where they score lower: best.pt then samples them
     # (docs/ablations.md, round 35)
     best_raw: bool = False
+    # ... by this figure: "overall" (the mean W1 of 15 per-roll statistics, rounds 1 to 38), or "kd" / "fd",
+    # the distances in the feature network's space (docs/metrics.md), which hear time order and harmony
+    best_metric: str = "overall"
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
     metrics_every: int = 0  # steps between full metric evaluations in TensorBoard (0: only at the end)
@@ -121,6 +124,7 @@ CHOICES = {
     "train.mode_seeking_on": ("rolls", "probabilities"),
     "train.amp": ("auto", "bf16", "off"),
     "run.best_on": ("train", "val"),
+    "run.best_metric": ("overall", "kd", "fd"),
 }
 
 

@@ -28,6 +28,7 @@ windows, and is also scored beside the real melodies of the same windows and, wi
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,13 @@ from .metrics import steps_per_bar
 from .midi import binarize
 from .sampling import draw, pick_device, real_windows, sampling_options
 from .scoring import (
+    FEATURE_SIZE,
     SPLIT_WORDS,
     VALIDATION_WINDOWS,
     conditioning,
     encode_midi_folder,
     evaluate_rolls,
+    feature_figures,
     same_meter,
     window_bars,
 )
@@ -74,6 +77,24 @@ def markdown(result: dict) -> str:
         lines.append(f"| {k} | {v['generated_mean']:.3f} ± {v['generated_std']:.3f} | {v['real_mean']:.3f} ± "
                      f"{v['real_std']:.3f} | {v['gap']:+.2f} | {v['w1']:.3f} | {v['ks']:.3f} |")
     lines += ["", f"overall (mean W1 / real std over metrics): {result['overall']:.3f}"]
+    if result.get("kd"):
+        f = result["features"]
+
+        def fig(k, digits):
+            v = result[k]
+            return f"{v['value']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]"
+        lines += ["", f"feature distances, {f['size']} samples against {f['size']} real {which} windows "
+                      f"(95% bootstrap intervals; the real floor is {f['size']} training windows against the same):",
+                  "", "| figure | generated | real floor |", "| --- | --- | --- |",
+                  f"| KD (headline) | {fig('kd', 3)} | {fig('kd_floor', 3)} |",
+                  f"| FD | {fig('fd', 2)} | {fig('fd_floor', 2)} |",
+                  f"| precision | {result['precision']:.3f} | {result['precision_floor']:.3f} |",
+                  f"| recall | {result['recall']:.3f} | {result['recall_floor']:.3f} |", "", f["network"]]
+    if result.get("structure"):
+        lines += ["", "structure (beside the overall figure, not in it):", "",
+                  "| metric | generated | real | gap (real std) | W1 |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {k} | {v['generated_mean']:.3f} | {v['real_mean']:.3f} | {v['gap']:+.2f} | {v['w1']:.3f} |"
+                  for k, v in result["structure"].items()]
     d = result.get("diversity")
     if d:
         lines += ["", f"diversity: two samples share {d['generated_pair_iou']:.3f} of their active cells (IoU, mean over "
@@ -121,6 +142,10 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.num < 1:
         raise UserError("--num: must be at least 1")
+    if a.feature_size is not None and a.feature_size < 3:
+        raise UserError("--feature-size: must be at least 3 (a figure compares sets of windows)")
+    if a.no_features and (a.features or a.feature_size):
+        raise UserError("--no-features: skips the feature distances; --features and --feature-size ask for them")
     if a.meter:
         meter_arg(a.meter)  # before any work
     skipped, twins, validation, family_name, cond, meter = [], [], None, None, None, None
@@ -169,6 +194,15 @@ def main(argv=None) -> int:
     result = {"source": source, "family": family_name, "data": str(root),
               **evaluate_rolls(rolls, root, bar, memo=not a.no_memorisation, meter=meter, device=device,
                               split=a.split)}
+    if not a.no_features:
+        try:
+            result.update(feature_figures(rolls, root, meter, a.feature_size or FEATURE_SIZE, a.features, seed=a.seed,
+                                          split=a.split))
+        except UserError as e:
+            if a.features or a.feature_size:  # asked for: a refusal is an error
+                raise
+            print(f"feature distances skipped: {e}", file=sys.stderr)
+            result["features"] = {"skipped": str(e)}
     result["skipped"] = skipped
     if twins:
         result["twins_left_out"] = twins

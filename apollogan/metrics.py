@@ -252,6 +252,81 @@ def tonal_distance(x, r=4, low=30, **_):
     return tonal_distance_parts(upper, lower, r=r, low=low)
 
 
+# --- structure: order, phrases and whether melody and chords belong together -------------------
+
+def phrase_repetition(x, bar=16, lags=(4, 8), **_):
+    """Mean over bars of the best IoU of active cells with the bar ``lags`` bars earlier (4 or 8: where a
+    folk tune's phrases repeat), over bars that have such a bar and are not both empty; NaN without any.
+    Shuffled bars lose it; a per-roll statistic of bar contents cannot see it."""
+    def per_roll(xb):  # [n, P, k, bar]
+        n, p, k, b = xb.shape
+        cells = xb.transpose(0, 2, 1, 3).reshape(n, k, p * b).astype(float)
+        size = cells.sum(axis=2)
+        best, seen = np.zeros((n, k)), np.zeros((n, k), bool)
+        for lag in lags:
+            if lag >= k:
+                continue
+            inter = (cells[:, lag:] * cells[:, :-lag]).sum(axis=2)
+            union = size[:, lag:] + size[:, :-lag] - inter
+            iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+            best[:, lag:] = np.maximum(best[:, lag:], iou)
+            seen[:, lag:] |= union > 0
+        return _div((best * seen).sum(axis=1), seen.sum(axis=1))
+    return _by_bar(x, bar, per_roll)
+
+
+def _upper_line(x: np.ndarray) -> list[np.ndarray]:
+    """Per roll, the upper voice as a pitch sequence: the highest sounding row, one entry per change."""
+    p = x.shape[1]
+    top = np.where(x.any(axis=1), p - 1 - x[:, ::-1].argmax(axis=1), -1)  # [N, T], -1: silent
+    out = []
+    for row in top:
+        row = row[row >= 0]
+        out.append(row[np.r_[True, row[1:] != row[:-1]]] if len(row) else row)
+    return out
+
+
+def melodic_step_rate(x, **_):
+    """Of the upper voice's moves, the share that are steps (1 or 2 semitones) rather than leaps; NaN
+    without a move. Melodies move mostly by step; random or displaced notes leap."""
+    moves = [np.abs(np.diff(line)) for line in _upper_line(x)]
+    return np.array([np.mean(m <= 2) if len(m) else np.nan for m in moves])
+
+
+def step_descent(x, **_):
+    """Of the upper voice's steps (moves of 1 or 2 semitones), the share that go down; NaN without a step.
+    Tunes step down more than up (and leap up): reversed in time, the share flips."""
+    out = []
+    for line in _upper_line(x):
+        d = np.diff(line)
+        steps = d[(np.abs(d) >= 1) & (np.abs(d) <= 2)]
+        out.append(np.mean(steps < 0) if len(steps) else np.nan)
+    return np.array(out)
+
+
+def strong_beat_chord_tones(x, bar=16, r=4, low=30, **_):
+    """At the strong beats (each bar's first step, and its middle when it has an even number of beats),
+    among those where the upper voice has other notes under it: the share whose upper pitch class sounds
+    among them too. NaN without such a beat. A melody over another tune's chords falls."""
+    n, p, t = x.shape
+    pc = (low + np.arange(p)) % 12
+    bars = np.broadcast_to(np.asarray(bar), (n,))
+    out = np.full(n, np.nan)
+    for i in range(n):
+        b = int(bars[i])
+        strong = np.arange(0, t - t % b, b)
+        if (b // r) % 2 == 0:
+            strong = np.sort(np.r_[strong, strong + b // 2])
+        cols = x[i][:, strong]  # [P, strong]
+        has = cols.sum(axis=0) >= 2
+        if not has.any():
+            continue
+        top = p - 1 - cols[::-1].argmax(axis=0)
+        agree = [pc[top[j]] in set(pc[np.flatnonzero(cols[:, j])[:-1]]) for j in np.flatnonzero(has)]
+        out[i] = np.mean(agree)
+    return out
+
+
 # The registry: name -> f(x [N, P, T] bool, *, low, r, bar) -> [N]. Parameters are explicit in the name.
 METRICS = {
     "empty_bar_rate": empty_bar_rate,
@@ -269,6 +344,15 @@ METRICS = {
     "groove_consistency": groove_consistency,
     "tonal_distance": tonal_distance,
     "note_density": note_density,
+}
+
+# Structure: time order, phrases, melody against chords. Reported beside the overall figure, not in it
+# (the overall figure keeps the 15 statistics every round was ranked with).
+STRUCTURE = {
+    "phrase_repetition": phrase_repetition,
+    "melodic_step_rate": melodic_step_rate,
+    "step_descent": step_descent,
+    "strong_beat_chord_tones": strong_beat_chord_tones,
 }
 
 # Two-part metrics f(melody, accompaniment [N, P, T], *, low, r) -> [N], for rolls with parts.
@@ -292,6 +376,14 @@ def metric_names(spec) -> list[str]:
     if spec.parts == 1:
         return list(METRICS)
     return [f"melody/{k}" for k in METRICS] + [f"merged/{k}" for k in METRICS] + list(PART_METRICS)
+
+
+def structure_metrics(rolls: np.ndarray, spec, bar) -> dict[str, np.ndarray]:
+    """The STRUCTURE metrics of rolls [N, C, P, T] of ``spec``, on every part merged (the upper voice
+    is then the melody wherever it sounds)."""
+    x = np.asarray(rolls).astype(bool)[:, ::spec.channels_per_part].any(axis=1)
+    bar = np.broadcast_to(np.asarray(bar), (len(x),))
+    return {k: f(x, bar=bar, r=spec.steps_per_beat, low=spec.low) for k, f in STRUCTURE.items()}
 
 
 def split_parts(rolls: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:

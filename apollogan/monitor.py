@@ -20,7 +20,7 @@ from .config import Config, meter_of
 from .data import summary
 from .images import roll_grid, spec_look, window_look
 from .metrics import TRAINING_STATS, steps_per_bar
-from .scoring import SPLIT_WORDS, compare, evaluate_rolls, reference_in_meter, same_meter
+from .scoring import FEATURE_SIZE, SPLIT_WORDS, compare, evaluate_rolls, feature_figures, reference_in_meter, same_meter
 from .shards import ShardSet
 from .spec import RollSpec
 
@@ -39,6 +39,7 @@ class Sampling:
     grid_look: dict | None = None
     metrics_real: torch.Tensor | None = None  # ... and of the scored samples, with their bars
     metrics_bars: np.ndarray | None = None
+    features: str | None = None  # the feature network's file: Metrics/kd and Metrics/fd are logged (None: not)
 
 
 def look_of(look: dict, n: int) -> dict:
@@ -102,7 +103,7 @@ class Monitor:
             return out
         out.update(log_metrics(self.writer, self.family, self.nets, self.sampling, self.spec, self.root, step,
                                self.cfg, self.device))
-        figure = "train/overall" if self.sampling.best_on == "train" else "overall"
+        figure = ("train/" if self.sampling.best_on == "train" else "") + r.best_metric
         # (alike, figure, weights) of the moving average and, with run.best_raw, the raw weights; alike
         # ones come after every other; the limit is a property of the data (real windows' pair IoU, the
         # validation split's as in round 9), not of the step
@@ -140,6 +141,25 @@ class Monitor:
             self.log(log_line)
 
 
+def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log) -> str | None:
+    """The feature network a run's scored steps use, or None (said in one line) where none fits or the
+    scored samples are fewer than the figures' sample size; refused when run.best_metric needs it."""
+    from .features import find_network
+
+    try:
+        if cfg.run.metrics_samples < FEATURE_SIZE:
+            raise UserError(f"run.metrics_samples={cfg.run.metrics_samples} is under the feature distances' sample size "
+                            f"{FEATURE_SIZE}")
+        net, line = find_network(root, train_shards.spec, train_shards.manifest)
+    except UserError as e:
+        if cfg.run.best_metric != "overall":
+            raise UserError(f"run.best_metric={cfg.run.best_metric}: {e}") from None
+        log(f"Metrics/kd and Metrics/fd are not logged: {e}")
+        return None
+    log(line)
+    return str(net.path)
+
+
 def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarray, cfg: Config, log) -> Sampling:
     """The real windows that sampling and validation need, chosen once: validation windows when
     the data has them (training windows otherwise, for a primer only)."""
@@ -160,12 +180,17 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarr
         except UserError as e:
             log(f"{e}: best.pt is chosen on the validation windows instead")
             best_on = "val"
+    if has_val:
+        out_features = feature_network(family, root, train_shards, cfg, log)
+    else:
+        out_features = None
     seed, r = cfg.train.seed, cfg.run
     pick = usable[np.random.default_rng(seed).choice(len(usable), min(len(usable), 512), replace=False)]
     real_ref = train_shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
     out = Sampling(has_val=has_val, best_on=best_on, real_ref=real_ref, real_look=window_look(train_shards.records, pick),
                    real_stats=roll_stats(real_ref, train_shards.spec),
-                   val_windows=torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None)
+                   val_windows=torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None,
+                   features=out_features)
     if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
         grid = source.pick_indices(r.num_samples, seed + 12345)
@@ -251,6 +276,7 @@ def log_metrics(writer, family, nets, sampling: Sampling, spec: RollSpec, root: 
         writer.add_scalar("Metrics/train/overall", chosen_on["Metrics/train/overall"], step)
     if cfg.run.best_raw and sampling.best_on:
         chosen_on.update(score_raw(writer, family, sampling, root, step, cfg, device, bar, meter, train_real))
+    chosen_on.update(log_features(writer, rolls, sampling, root, step, meter, "Metrics/"))
     val = family.validate(sampling.val_windows, nets=nets, device=device)
     for k, v in val.items():
         writer.add_scalar(k, v, step)
@@ -258,6 +284,25 @@ def log_metrics(writer, family, nets, sampling: Sampling, spec: RollSpec, root: 
             "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
             "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"], **chosen_on,
             **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
+
+
+def log_features(writer, rolls: np.ndarray, sampling: Sampling, root: Path, step: int, meter, pre: str) -> dict:
+    """KD and FD of the scored rolls in the feature network's space (no intervals: one figure a step),
+    against the validation windows and, where best.pt is chosen on them, the training windows."""
+    if not sampling.features:
+        return {}
+    out = {}
+    for split, tag in (("val", ""), ("train", "train/"))[: 2 if sampling.best_on == "train" else 1]:
+        try:
+            f = feature_figures(rolls, root, meter, FEATURE_SIZE, sampling.features, rounds=0, split=split, floor=False)
+        except UserError:
+            continue  # too few windows of the split in this meter: the other figures stand
+        out.update({f"{pre}{tag}kd": f["kd"]["value"], f"{pre}{tag}fd": f["fd"]["value"]})
+        if not tag:
+            out.update({f"{pre}precision": f["precision"], f"{pre}recall": f["recall"]})
+    for k, v in out.items():
+        writer.add_scalar(k, v, step)
+    return out
 
 
 def metric_rolls(family, nets, sampling: Sampling, cfg: Config, device) -> np.ndarray:
@@ -286,4 +331,4 @@ def score_raw(writer, family, sampling: Sampling, root: Path, step: int, cfg: Co
         out["Metrics/raw/train/overall"] = compare(res["per_roll"]["generated"], train_real)["overall"]
     for k, v in out.items():
         writer.add_scalar(k, v, step)
-    return out
+    return out | log_features(writer, rolls, sampling, root, step, meter, "Metrics/raw/")

@@ -19,11 +19,11 @@ from tqdm import tqdm
 
 from .cli import UserError, atomic_write_bytes, find_midi_files
 from .data import WindowOptions, convert_file
-from .metrics import PART_METRICS, metric_names, roll_metrics, split_parts, split_voices, steps_per_bar
+from .metrics import PART_METRICS, STRUCTURE, metric_names, roll_metrics, split_parts, split_voices, steps_per_bar, structure_metrics
 from .shards import ShardSet
 from .spec import RollSpec
 
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # 2: the structure metrics cached too
 IOU_THRESHOLDS = (0.5, 0.8, 0.95)
 DIVERSITY_ROLLS = 256  # rolls per side whose pairs give the pair IoU (32,640 pairs)
 VALIDATION_WINDOWS = 4096  # a model's own held-out figures: the whole split of the bundled data, a sample of larger ones
@@ -33,7 +33,7 @@ VALIDATION_WINDOWS = 4096  # a model's own held-out figures: the whole split of 
 
 def _shards_key(shards: ShardSet) -> str:
     """Changes whenever the split's shards or the metric set change."""
-    h = hashlib.sha256(json.dumps([shards.manifest["shards"][shards.split], metric_names(shards.spec),
+    h = hashlib.sha256(json.dumps([shards.manifest["shards"][shards.split], metric_names(shards.spec), list(STRUCTURE),
                                    REFERENCE_VERSION, shards.manifest["spec"]]).encode())
     return h.hexdigest()
 
@@ -43,7 +43,8 @@ def window_bars(shards: ShardSet) -> np.ndarray:
 
 
 def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-window metrics of a split, cached as reference-SPLIT.npz beside the manifest."""
+    """Per-window metrics of a split (the structure metrics as "structure/NAME"), cached as
+    reference-SPLIT.npz beside the manifest."""
     shards = ShardSet(root, split)
     if len(shards) == 0:
         raise UserError(f"{root}: the {split} split has no windows to compare with")
@@ -58,13 +59,15 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
             pass  # unreadable or old cache: recompute
     spec, bars = shards.spec, window_bars(shards)
     names = metric_names(spec)
-    out = {k: np.empty(len(shards)) for k in names}
+    out = {k: np.empty(len(shards)) for k in names + [f"structure/{k}" for k in STRUCTURE]}
     step = 1024
     for lo in tqdm(range(0, len(shards), step), desc=f"reference metrics ({split})", unit="batch",
                    disable=not progress, file=sys.stderr):
         idx = np.arange(lo, min(lo + step, len(shards)))
-        part = roll_metrics(shards.get(idx), spec, bars[idx])
-        for k in names:
+        rolls = shards.get(idx)
+        part = roll_metrics(rolls, spec, bars[idx])
+        part.update({f"structure/{k}": v for k, v in structure_metrics(rolls, spec, bars[idx]).items()})
+        for k in out:
             out[k][idx] = part[k]
     buf = io.BytesIO()
     np.savez(buf, _key=np.array(key), **out)
@@ -212,6 +215,8 @@ def evaluate_rolls(rolls: np.ndarray, root, bar, progress: bool = True, memo: bo
     real_rolls = val.get(np.nonzero(mask)[0][np.unique(np.linspace(0, mask.sum() - 1, DIVERSITY_ROLLS).astype(np.int64))])
     result["diversity"] = {"generated_pair_iou": pair_iou(rolls[:, 0].astype(bool)),
                            "real_pair_iou": pair_iou(np.asarray(real_rolls)[:, 0].astype(bool))}
+    structure = structure_metrics(rolls, val.spec, bar)  # beside the overall figure, not in it
+    result["structure"] = compare(structure, {k: real[f"structure/{k}"] for k in structure})["metrics"]
     if per_roll:
         result["per_roll"] = {"generated": gen, "real": real}
     if memo:
@@ -285,3 +290,41 @@ def encode_midi_folder(folder, spec: RollSpec, progress: bool = True) -> tuple[n
         print(f"left out {len(twins)} file(s) named like a scored one, such as {twins[0]}: each tune scored once",
               file=sys.stderr)
     return np.concatenate(rolls), np.concatenate(bars), skipped, twins
+
+
+# --- distances in the feature network's space (the headline figures) ---------------------------
+
+FEATURE_SIZE = 200  # generated and real windows per figure: about what the bundled 4/4 validation split holds
+BOOTSTRAP_ROUNDS = 200
+
+
+def feature_figures(rolls: np.ndarray, root, meter: tuple[int, int] | None, size: int = FEATURE_SIZE,
+                    network=None, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0, split: str = "val",
+                    floor: bool = True) -> dict:
+    """KD and FD (each {value, low, high}), precision and recall of ``size`` generated rolls against
+    ``size`` real windows of ``split`` (in ``meter``; every window for None), and the same of ``size``
+    training windows against those real ones: the real floor (kd_floor, ...). UserError (one line) where
+    no feature network fits or there are too few rolls or windows for ``size``."""
+    from .features import distances, find_network, held_out, shard_digest
+
+    real_set, train = ShardSet(root, split, verify=False), ShardSet(root, "train", verify=False)
+    net, line = find_network(root, real_set.spec, real_set.manifest, network)
+    where = f" in {meter[0]}/{meter[1]}" if meter else ""
+    pools = {}
+    own = net.info.get("train_digest") == shard_digest(train.manifest)  # then its floor: the files it never saw
+    for name, shards in (("real", real_set), ("floor", train))[: 2 if floor else 1]:
+        keep = shards.in_meter(*meter) if meter else np.ones(len(shards), bool)
+        if name == "floor" and own:
+            keep &= held_out(shards, net.info.get("holdout", 5))
+        pool = np.flatnonzero(keep)
+        if len(pool) < size:
+            held = " from the files the feature network held out" if name == "floor" and own else ""
+            raise UserError(f"{shards.root}: {len(pool)} {SPLIT_WORDS[shards.split]} windows{where}{held}, fewer than "
+                            f"the sample size {size} of the feature distances (--feature-size)")
+        pools[name] = shards.get(np.sort(np.random.default_rng(seed).choice(pool, size, replace=False)))
+    if len(rolls) < size:
+        raise UserError(f"{len(rolls)} samples, fewer than the sample size {size} of the feature distances "
+                        f"(--num at least {size}, or --feature-size)")
+    feats = {k: net.features(v) for k, v in (("gen", rolls[:size]), *pools.items())}
+    return {"features": {"network": line, "size": size, "rounds": rounds, "split": split},
+            **distances(feats["gen"], feats["real"], feats.get("floor"), rounds, seed)}

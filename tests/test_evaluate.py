@@ -14,7 +14,7 @@ from conftest import NOTTINGHAM, REPO, scale_tune, write_midi
 from apollogan.cli import find_midi_files
 from apollogan.data import WindowOptions, preprocess
 from apollogan.evaluate import markdown
-from apollogan.metrics import METRICS
+from apollogan.metrics import METRICS, STRUCTURE
 from apollogan.scoring import (
     compare,
     encode_midi_folder,
@@ -110,7 +110,7 @@ def test_reference_is_cached_and_invalidated(chunks, tmp_path):
     shutil.copytree(chunks, root)
     first = reference_metrics(root, "val", progress=False)
     cache = root / "reference-val.npz"
-    assert cache.is_file() and set(first) == set(METRICS)
+    assert cache.is_file() and set(first) == set(METRICS) | {f"structure/{k}" for k in STRUCTURE}
     mtime = cache.stat().st_mtime_ns
     reference_metrics(root, "val", progress=False)
     assert cache.stat().st_mtime_ns == mtime  # reused
@@ -186,3 +186,40 @@ def test_evaluate_errors_are_one_line(tmp_path, chunks):
     r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--checkpoint", "nope"], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.startswith("error: nope:")
+
+
+def test_evaluate_reports_feature_distances_with_intervals_and_the_real_floor(chunks, tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    for f in map(Path, find_midi_files([NOTTINGHAM])[200:212]):
+        (d / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
+                        "--feature-size", "6", "--no-memorisation", "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    for k in ("fd", "kd", "fd_floor", "kd_floor"):
+        assert set(res[k]) == {"value", "low", "high"} and res[k]["low"] <= res[k]["high"], k
+    assert 0 <= res["precision"] <= 1 and 0 <= res["recall_floor"] <= 1
+    assert res["features"]["size"] == 6 and "features-nottingham.pt" in res["features"]["network"]
+    assert "| FD (headline) |" in r.stdout and "| phrase_repetition |" in r.stdout
+    assert set(res["structure"]) == {"phrase_repetition", "melodic_step_rate", "step_descent", "strong_beat_chord_tones"}
+    # asked for more windows than the split has: one line, exit 2; by default the figures are skipped in one line
+    big = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
+                          "--feature-size", "5000", "--no-memorisation"], capture_output=True, text=True, cwd=REPO,
+                         env=os.environ)
+    assert big.returncode == 2 and "Traceback" not in big.stderr
+    assert big.stderr.strip().splitlines()[-1].endswith("fewer than the sample size 5000 of the feature distances "
+                                                        "(--feature-size)")
+    plain = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
+                            "--no-memorisation", "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                           env=os.environ)
+    assert plain.returncode == 0 and "feature distances skipped:" in plain.stderr
+    assert "fd" not in json.loads(out.read_text()) and "skipped" in json.loads(out.read_text())["features"]
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 64)
+    bad = subprocess.run([sys.executable, "-m", "apollogan.evaluate", "--midi", str(d), "--data", str(chunks),
+                          "--features", str(junk), "--no-memorisation"], capture_output=True, text=True, cwd=REPO,
+                         env=os.environ)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "junk.pt: not a readable feature network" in bad.stderr
