@@ -86,8 +86,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"feature distances, {f['size']} samples against {f['size']} real {which} windows "
                       f"(95% bootstrap intervals; the real floor is {f['size']} training windows against the same):",
                   "", "| figure | generated | real floor |", "| --- | --- | --- |",
-                  f"| KD (headline) | {fig('kd', 3)} | {fig('kd_floor', 3)} |",
-                  f"| FD | {fig('fd', 2)} | {fig('fd_floor', 2)} |",
+                  f"| FD (headline) | {fig('fd', 2)} | {fig('fd_floor', 2)} |",
+                  f"| KD | {fig('kd', 3)} | {fig('kd_floor', 3)} |",
                   f"| precision | {result['precision']:.3f} | {result['precision_floor']:.3f} |",
                   f"| recall | {result['recall']:.3f} | {result['recall_floor']:.3f} |", "", f["network"]]
     if result.get("structure"):

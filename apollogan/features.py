@@ -260,7 +260,7 @@ def train_network(shards, steps: int = 3000, batch: int = 64, seed: int = 0, lr:
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     w, v = np.linalg.eigh(sa)
     root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2); tr((S_a S_b)^(1/2)) = tr((r S_b r)^(1/2))
     m = root @ sb @ root

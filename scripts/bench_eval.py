@@ -3,8 +3,9 @@
     python scripts/bench_eval.py                        # 1,000 samples vs chunks/nottingham train
     python scripts/bench_eval.py --num 5000 --data chunks/mine
 
-Goal on a 2-core CPU: 1,000 samples against the whole bundled training set in under a
-minute. Samples are random rolls at the data's note density (the search costs the same
+Goals on a 2-core CPU: 1,000 samples against the whole bundled training set in under a
+minute; the yardstick (structure metrics, feature distances with their bootstrap intervals and
+the real floor) adds at most 5 s. Samples are random rolls at the data's note density (the search costs the same
 whatever they hold); the memorisation figure is checked by planting one training window.
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from apollogan.data import ensure_shards
-from apollogan.metrics import compute_metrics
-from apollogan.scoring import memorisation, reference_metrics
+from apollogan.metrics import compute_metrics, structure_metrics
+from apollogan.scoring import feature_figures, memorisation, reference_metrics
 from apollogan.shards import ShardSet
 
 
@@ -40,6 +41,16 @@ def main(argv=None) -> int:
     compute_metrics(samples, spec.low, spec.steps_per_beat, 16)
     print(f"metric set ({len(compute_metrics(samples[:1], spec.low, spec.steps_per_beat, 16))} metrics): "
           f"{time.perf_counter() - t:.2f} s")
+    rolls = samples[:, None]
+    t = time.perf_counter()
+    structure_metrics(rolls, spec, 16)
+    structure_s = time.perf_counter() - t
+    t = time.perf_counter()
+    f = feature_figures(rolls, root, (4, 4))
+    feature_s = time.perf_counter() - t
+    print(f"yardstick: structure metrics {structure_s:.2f} s, feature distances {feature_s:.2f} s "
+          f"({f['features']['size']} per set, {f['features']['rounds']} resamplings; {f['features']['network']}): "
+          f"{structure_s + feature_s:.2f} s added")
     (Path(root) / "reference-val.npz").unlink(missing_ok=True)
     t = time.perf_counter()
     reference_metrics(root, "val", progress=False)

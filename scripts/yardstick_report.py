@@ -59,7 +59,9 @@ def main(argv=None) -> int:
     base = train.get(np.sort(rng.choice(pool, a.size, replace=False)))
     real = val.get(np.sort(rng.choice(vpool, a.size, replace=False)))
     bar = int(steps_per_bar(num, den, spec.steps_per_beat))
+    seen = np.flatnonzero(train.in_meter(num, den) & ~held_out(train, net.info.get("holdout", 5))) if own else pool
     sets = {"real (held-out training windows)": base,
+            "real (training windows the network learned from)": train.get(np.sort(rng.choice(seen, a.size, replace=False))),
             **{k: f(base, spec, np.random.default_rng(a.seed + 1)) for k, f in corrupt.suite(bar).items()}}
     real_f = net.features(real)
     real_h = hand_made(real, spec, bar)

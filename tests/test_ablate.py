@@ -187,7 +187,7 @@ def test_smoke_ablation_writes_results_skips_finished_runs_and_resumes_interrupt
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     commit = head.stdout.strip() if head.returncode == 0 else None
     assert all(f["commit"] == commit and isinstance(f["dirty"], bool) == (commit is not None) for f in finals.values())
-    assert all(x["commit"].startswith((commit or "")[:12]) and x["commit"].endswith("-dirty") == finals[x["run"]]["dirty"]
+    assert all(x["commit"].startswith((commit or "")[:12]) and x["commit"].endswith("-dirty") == bool(finals[x["run"]]["dirty"])
                for x in rows)
     md = (base / "summary.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("| loss=")]
