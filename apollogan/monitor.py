@@ -150,6 +150,12 @@ def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log
         if cfg.run.metrics_samples < FEATURE_SIZE:
             raise UserError(f"run.metrics_samples={cfg.run.metrics_samples} is under the feature distances' sample size "
                             f"{FEATURE_SIZE}")
+        val = ShardSet(root, "val", verify=False)
+        free = not family.wants_real(**family.sample_options)  # free samples: scored in run.meter
+        n = int(val.in_meter(*meter_of(cfg.run.meter)).sum()) if free else len(val)
+        if n < FEATURE_SIZE:
+            raise UserError(f"{root}: {n} validation windows{f' in {cfg.run.meter}' if free else ''}, under the feature "
+                            f"distances' sample size {FEATURE_SIZE}")
         net, line = find_network(root, train_shards.spec, train_shards.manifest)
     except UserError as e:
         if cfg.run.best_metric != "overall":

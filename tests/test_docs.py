@@ -31,9 +31,10 @@ def commands_in(text: str) -> list[tuple[int, str, str]]:
                     found.append((offset, cmd.group(1), cmd.group(2)))
                 joined = ""
             offset += len(line)
-    for span in SPAN.finditer(text):
-        if any(a <= span.start() < b for a, b in fenced):
-            continue
+    prose = text
+    for a, b in fenced:  # blanked, so that a fence's backticks do not pair with an inline span's
+        prose = prose[:a] + "".join(c if c == "\n" else " " for c in prose[a:b]) + prose[b:]
+    for span in SPAN.finditer(prose):
         cmd = COMMAND.search(span.group(1).replace("\n", " "))
         if cmd:
             found.append((span.start(), cmd.group(1), cmd.group(2)))

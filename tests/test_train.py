@@ -517,3 +517,15 @@ def test_best_written_after_the_checkpoint_resumed_from_is_replaced(tmp_path, ch
                          "checkpoint": str(folder / "best.pt")}
     assert load_checkpoint(folder / "best.pt")["best"] == {"step": 6, "overall": 3.0, "alike": False, "on": "train",
                                                     "weights": "ema"}
+
+
+def test_best_metric_kd_needs_the_feature_distances_and_says_so_before_training(tmp_path, chunks):
+    with pytest.raises(UserError, match=r"run.best_metric=kd: run.metrics_samples=8 is under the feature distances' "
+                                        r"sample size 200"):
+        train(tiny(tmp_path, chunks, "run.metrics_every=2", "run.metrics_samples=8", "run.best_metric=kd"), **QUIET)
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").rglob("*.pt"))
+    with pytest.raises(UserError, match=r"run.best_metric: 'psnr' is not one of overall, kd, fd"):
+        load_config(None, ["run.best_metric=psnr"])
+    lines = []  # the overall figure needs no network: a run without one says once why Metrics/kd is missing
+    train(tiny(tmp_path / "o", chunks, "run.metrics_every=3"), log=lines.append, progress=False)
+    assert sum("Metrics/kd and Metrics/fd are not logged" in line for line in lines) == 1
