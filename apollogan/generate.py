@@ -5,12 +5,13 @@
     python -m apollogan.generate --checkpoint quick-001 --interpolate 8 --out samples/walk
     python -m apollogan.generate --checkpoint lstm-001 --prime 16 --temperature 0.9 --top-p 0.95
     python -m apollogan.generate --checkpoint cond_gan-001 --condition tune.mid --num 4 --out samples/over
+    python -m apollogan.generate --checkpoint cond_gan-001 --condition song.mid --condition-melody skyline
     python -m apollogan.generate --checkpoint quick-001 --num 1000 --format mid npz --device cpu
 
---condition FILE (cond_gan): melodies over the chords of FILE, its lowest track (the
-accompaniment by skyline when it has one track). The file is cut into windows of the
-model's length, the melodies are joined, and each output file holds the chords as given
-plus one generated melody.
+--condition FILE (cond_gan): melodies over the accompaniment of FILE, which is copied as given
+(every note, track, program, tempo and time signature). A file of one track is all accompaniment;
+with several, track 0 is the melody that is replaced (--condition-melody skyline|none|track N says
+otherwise). The model draws in windows from the first downbeat, each starting on a bar line.
 
 The LSTM is primed with the first K steps of real validation windows of the run's data
 (--data to use another shard set of the same spec; --prime 0 starts from silence).
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from .arguments import add_device_arg, add_sampling_args
 from .checkpoint import family_from_checkpoint, resolve_checkpoint
 from .cli import UserError, run
+from .condition import condition_rolls, read_condition, window_starts
 from .midi import (
     MidiError,
     Track,
@@ -38,7 +40,6 @@ from .midi import (
     check_programs,
     notes_to_midi,
     part_names,
-    read_accompaniment,
     roll_to_parts,
     save_midi,
     tracks_to_midi,
@@ -49,59 +50,60 @@ from .sampling import draw, pick_device, real_windows, sampling_options
 FORMATS = ("mid", "npz")
 
 
-def condition_windows(acc, spec, n: int) -> tuple[torch.Tensor, int]:
-    """Rolls [n x W, C, P, T] holding the accompaniment of W consecutive windows (melody empty), repeated
-    for each of ``n`` samples; and W."""
-    k, steps = spec.channels_per_part, spec.steps
-    w = max(1, -(-acc.roll.shape[-1] // steps))
-    chords = np.zeros((k, spec.pitches, w * steps), bool)
-    chords[..., : acc.roll.shape[-1]] = acc.roll
-    rolls = np.zeros((w, spec.channels, spec.pitches, steps), np.float32)
-    rolls[:, k:] = chords.reshape(k, spec.pitches, w, steps).transpose(2, 0, 1, 3)
-    return torch.from_numpy(np.tile(rolls, (n, 1, 1, 1))), w
-
-
 def write_over_condition(a, family, spec, gen: torch.Generator, rng, programs) -> int:
-    """generate --condition: n files, each the given chords and a melody drawn window by window."""
+    """generate --condition: n files, each the file's kept tracks as given and a melody drawn window by
+    window over them (apollogan/condition.py says what is kept)."""
     if not family.conditional:
         raise UserError(f"--condition: the {family.name} family draws without a condition; train model.family=cond_gan")
     if spec.parts != 2:
         raise UserError(f"--condition: takes the chords of a file as one accompaniment part; this model's rolls "
                         f"have {spec.parts} parts")
     try:
-        acc = read_accompaniment(a.condition, spec)
+        cond = read_condition(a.condition, a.condition_melody)
     except MidiError as e:
         raise UserError(f"{a.condition}: {e}") from None
-    real, w = condition_windows(acc, spec, a.num)
-    probs = family.sample(len(real), gen, real=real, device=a.device)
-    rolls = binarize(probs.numpy(), a.threshold, rng if a.bernoulli else None)
-    tpq = math.lcm(acc.tpq, spec.steps_per_beat)  # the chords' ticks and the melody's steps both exact
-    tick, up = tpq // spec.steps_per_beat, tpq // acc.tpq
-    chords = Track(acc.track.notes * np.array([1, up, up]), acc.track.velocity, acc.track.program,
-                   acc.track.name or "accompaniment")
-    tempo = [(t * up, b) for t, b in acc.tempo]
-    meter = [(t * up, n, d) for t, n, d in acc.time_signature]
+    print(f"{a.condition}: {cond.said}", file=sys.stderr)
+    starts = window_starts(cond, spec)
+    w = len(starts)
+    real = torch.from_numpy(np.tile(condition_rolls(cond, spec, starts), (a.num, 1, 1, 1)))
+    rolls = binarize(family.sample(len(real), gen, real=real, device=a.device).numpy(), a.threshold,
+                     rng if a.bernoulli else None)
+    tpq = math.lcm(cond.tpq, spec.steps_per_beat)  # the file's ticks and the melody's steps both exact
+    up, tick = tpq // cond.tpq, tpq // spec.steps_per_beat
+    kept = [Track(t.notes * np.array([1, up, up]), t.velocity, t.program, t.name, t.drum) for t in cond.kept]
+    tempo = [(t * up, b) for t, b in cond.tempo]
+    meter = [(t * up, n, d) for t, n, d in cond.time_signature]
+    bounds = np.r_[starts, cond.end] * up  # each window's melody runs to the next window's start
     a.out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.condition).stem
     for i in tqdm(range(a.num), desc="generate", unit="file", file=sys.stderr):
-        melody = [roll_to_parts(rolls[i * w + j], spec)[0] + np.array([0, j * spec.steps, j * spec.steps])
-                  for j in range(w)]
-        melody = np.concatenate(melody)
-        end = acc.roll.shape[-1]  # the tune's end: the last window's silent tail gets no melody
-        melody = melody[melody[:, 1] < end]
-        melody[:, 2] = np.minimum(melody[:, 2], end)
-        tune = Track(melody * np.array([1, tick, tick]), velocities(len(melody), a.velocity, a.velocity_std, rng),
-                     programs[0], "melody")
-        save_midi(tracks_to_midi([tune, chords], tpq, tempo=tempo, time_signature=meter),
+        parts = []
+        for j in range(w):
+            n = roll_to_parts(rolls[i * w + j], spec)[0] * np.array([1, tick, tick]) + np.array([0, bounds[j], bounds[j]])
+            n = n[n[:, 1] < bounds[j + 1]]
+            n[:, 2] = np.minimum(n[:, 2], bounds[j + 1])
+            parts.append(n)
+        melody = np.concatenate(parts)
+        tune = Track(melody, velocities(len(melody), a.velocity, a.velocity_std, rng), programs[0], "melody")
+        save_midi(tracks_to_midi([tune, *kept], tpq, tempo=tempo, time_signature=meter),
                   a.out / f"{stem}-melody-{i:03d}.mid", durable=False)
     if a.png:
         from .images import save_rolls_png, spec_look
 
         save_rolls_png(rolls[:w * min(a.num, 4)], a.out / f"{stem}-grid.png", nrow=w if w <= 4 else 4,
-                       meter=acc.time_signature[0][1:], **spec_look(spec))
-    print(f"wrote {a.num} MIDI files to {a.out}: melodies over the chords of {a.condition} "
-          f"({w} window(s) of {spec.steps} steps each), from {family.name}")
+                       meter=cond.time_signature[0][1:], **spec_look(spec))
+    print(f"wrote {a.num} MIDI files to {a.out}: melodies over {a.condition} ({w} window(s) from its first downbeat, "
+          f"each of {spec.steps} steps), from {family.name}")
     return 0
+
+
+def melody_choice(words: list[str]):
+    """--condition-melody: auto, none, skyline or track N."""
+    if words in (["auto"], ["none"], ["skyline"]):
+        return words[0]
+    if len(words) == 2 and words[0] == "track" and words[1].isdigit():
+        return int(words[1])
+    raise UserError(f"--condition-melody {' '.join(words)}: one of auto, none, skyline or track N (N a track number)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--raw", action="store_true", help="use the raw weights, not their moving average")
     ap.add_argument("--data", type=Path, help="shard set to take real windows from (default: the run's data.root)")
     mode.add_argument("--condition", type=Path, metavar="FILE.mid",
-                      help="cond_gan: melodies over the chords of this file (its lowest track)")
+                      help="cond_gan: melodies over the accompaniment of this file, copied as given")
+    ap.add_argument("--condition-melody", nargs="+", default=["auto"], metavar="MODE",
+                    help="with --condition, which notes are a melody to replace: auto (default: none for a file of "
+                         "one track, else track 0), none (every note is accompaniment), skyline (the top voice), "
+                         "track N")
     add_sampling_args(ap)
     return ap
 
@@ -150,6 +156,9 @@ def main(argv=None) -> int:
     opts = sampling_options(family, a)
     root = a.data or Path(cfg.data.root)
     rng = np.random.default_rng(a.seed)
+    a.condition_melody = melody_choice(a.condition_melody)
+    if a.condition_melody != "auto" and not a.condition:
+        raise UserError("--condition-melody: says which notes of the --condition file to replace; give --condition too")
     if a.condition:
         return write_over_condition(a, family, spec, torch.Generator().manual_seed(a.seed), rng, programs)
     if a.interpolate:

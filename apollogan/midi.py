@@ -72,7 +72,7 @@ def check_header(data: bytes) -> None:
         raise MidiError("no tracks")
 
 
-def _ticks_to_steps(ticks: np.ndarray, tpq: int, spb: int) -> np.ndarray:
+def ticks_to_steps(ticks: np.ndarray, tpq: int, spb: int) -> np.ndarray:
     """Round to the nearest step, halves up, in exact integer arithmetic."""
     return (np.asarray(ticks, np.int64) * (spb * 2) + tpq) // (2 * tpq)
 
@@ -227,7 +227,7 @@ def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeat
         raise MidiError("negative note times")
     check_length(ticks[n:].max() / tpq, max_beats)
 
-    steps_at = _ticks_to_steps(ticks, tpq, spb)
+    steps_at = ticks_to_steps(ticks, tpq, spb)
     off_grid = ticks * spb % tpq != 0
     notes = np.empty((n, 3), np.int64)
     notes[:, 1] = steps_at[:n]
@@ -240,7 +240,7 @@ def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeat
 
     meters = np.asarray(meters, np.int64).reshape(-1, 3)
     ts_arr = meters.copy()
-    ts_arr[:, 0] = _ticks_to_steps(meters[:, 0], tpq, spb)
+    ts_arr[:, 0] = ticks_to_steps(meters[:, 0], tpq, spb)
     grid = np.count_nonzero(off_grid[:n]), np.count_nonzero(off_grid[n:])
     stats = {
         "notes": n,
@@ -252,7 +252,7 @@ def build_song(tracks: list[SourceTrack], tpq: int, meters: np.ndarray, downbeat
     if n < total:  # tracks the spec's part selection leaves out
         stats["notes_unselected"] = total - n
     steps = int(notes[:, 2].max()) if len(notes) else int(steps_at[n:].max())
-    downbeats = _ticks_to_steps(np.asarray(downbeats, np.int64), tpq, spb)  # sorted
+    downbeats = ticks_to_steps(np.asarray(downbeats, np.int64), tpq, spb)  # sorted
     return Song(notes, steps, downbeats, ts_arr, round(float(tempo), 3), stats, part)
 
 
@@ -375,6 +375,7 @@ class Track:
     velocity: np.ndarray
     program: int = 0
     name: str = ""
+    drum: bool = False
 
 
 def notes_to_midi(notes, spec: RollSpec, *, tempo: float = 120.0, program=0, velocity: float = 90,
@@ -426,55 +427,12 @@ def tracks_to_midi(tracks: list[Track], tpq: int, *, tempo=120.0, time_signature
     for tr in tracks:
         notes = np.asarray(tr.notes, dtype=np.int64).reshape(-1, 3)
         vel = np.broadcast_to(np.asarray(tr.velocity, dtype=np.int64).reshape(-1), (len(notes),))
-        track = symusic.Track(tr.name, int(tr.program), False)
+        track = symusic.Track(tr.name, int(tr.program), bool(tr.drum))
         track.notes = symusic.Note.from_numpy(time=notes[:, 1].astype(np.int32),
                                               duration=(notes[:, 2] - notes[:, 1]).astype(np.int32),
                                               pitch=notes[:, 0].astype(np.int8), velocity=vel.astype(np.int8))
         score.tracks.append(track)
     return score
-
-
-@dataclass
-class Accompaniment:
-    """The accompaniment of a file, to draw melodies over (generate --condition)."""
-
-    roll: np.ndarray  # bool [sustain(, onset), P, steps]: the accompaniment on the spec's grid
-    track: Track  # its notes as the file has them, in ticks of ``tpq``
-    tpq: int
-    tempo: list  # [(tick, bpm)] of the file (120 bpm when it has none)
-    time_signature: list  # [(tick, numerator, denominator)] of the file (4/4 when it has none)
-
-
-def read_accompaniment(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Accompaniment:
-    """The lowest part of a file (the non-drum track with the lowest mean pitch), unchanged; or, for a
-    file with one such track, its accompaniment by skyline (everything under the highest sounding
-    pitch), which is written as read on the grid."""
-    score = load_score(read_bytes(path))
-    tracks = [t for t in score.tracks if not t.is_drum and len(t.notes)]
-    grid = dataclasses.replace(spec, parts=1, part_mode="merge")
-    if len(tracks) >= 2:
-        song = score_to_song(score, dataclasses.replace(grid, parts=len(tracks), part_mode="tracks"), max_beats)
-        lowest = int(np.argmin([t.notes.numpy()["pitch"].mean() for t in tracks]))
-        roll = notes_to_roll(song.notes[song.part == lowest], song.steps, grid)
-        given = tracks[lowest].notes.numpy()
-        start = given["time"].astype(np.int64)
-        notes = np.stack([given["pitch"].astype(np.int64), start, start + given["duration"]], 1)
-        track = Track(notes, given["velocity"].astype(np.int64), int(tracks[lowest].program), tracks[lowest].name)
-        tpq = score.ticks_per_quarter
-    else:
-        sky = dataclasses.replace(grid, parts=2, part_mode="skyline")
-        song = score_to_song(score, sky, max_beats)
-        roll = song_roll(song, song.steps, sky)[grid.channels:]
-        tpq = write_tpq(spec.steps_per_beat)
-        notes = _part_notes(roll, grid) * np.array([1, tpq // spec.steps_per_beat, tpq // spec.steps_per_beat])
-        track = Track(notes, np.full(len(notes), 90), int(tracks[0].program), "accompaniment")
-    if not roll.any():
-        what = "the part" if len(tracks) >= 2 else "its one track is a single line (no note under the highest)"
-        raise MidiError(f"no accompaniment inside the pitch window {spec.low}..{spec.high}: {what}")
-    scale = tpq / score.ticks_per_quarter  # the skyline case writes at its own resolution
-    tempos = [(round(t.time * scale), 60_000_000.0 / t.mspq) for t in score.tempos] or [(0, 120.0)]
-    meters = [(round(m.time * scale), m.numerator, m.denominator) for m in score.time_signatures] or [(0, 4, 4)]
-    return Accompaniment(roll, track, int(tpq), tempos, meters)
 
 
 def save_midi(score: symusic.Score, path, durable: bool = True) -> None:

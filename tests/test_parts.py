@@ -233,16 +233,18 @@ def test_generate_condition_writes_the_chords_unchanged_and_a_melody_over_the_wh
     assert len(files) == 2
     given, made = symusic.Score(str(src)), symusic.Score(str(files[0]))
     assert made.ticks_per_quarter == given.ticks_per_quarter
-    assert [t.name for t in made.tracks] == ["melody", "accompaniment"] and made.tracks[0].program == 73
+    assert [t.name for t in made.tracks] == ["melody", given.tracks[1].name] and made.tracks[0].program == 73
     a, b = given.tracks[1].notes.numpy(), made.tracks[1].notes.numpy()
     assert all(np.array_equal(a[k], b[k]) for k in ("time", "duration", "pitch", "velocity"))
     assert len(made.time_signatures) == len(given.time_signatures)
     # the melody covers the whole tune, window after window
     song_end = max(t.end() for t in given.tracks)
     assert song_end - given.ticks_per_quarter < made.tracks[0].end() <= song_end  # and stops where the tune ends
-    with pytest.raises(UserError, match="single line"):
-        generate(["--checkpoint", run["checkpoint"], "--condition",
-                  str(src.parent.parent / "melody" / "ashover1.mid"), "--out", str(out)])
+    with pytest.raises(UserError, match=r"ashover1.mid: track 5: out of range; the file has 2 non-drum track"):
+        generate(["--checkpoint", run["checkpoint"], "--condition", str(src), "--condition-melody", "track", "5",
+                  "--out", str(out)])
+    with pytest.raises(UserError, match="--condition-melody: says which notes of the --condition file to replace"):
+        generate(["--checkpoint", run["checkpoint"], "--condition-melody", "skyline", "--out", str(out)])
 
 
 def test_evaluate_scores_a_conditional_model_beside_real_melodies_and_another_model(tmp_path, parts_chunks):
