@@ -252,7 +252,8 @@ def plan(ab: Ablation, build_data: bool, jobs: int = 1, log=print) -> list[Job]:
                      f"run.checkpoints_dir={ab.checkpoints_dir}"]
             train_cmd = [py, "-m", "apollogan.train", "--config", ab.base, *overrides, *fixed,
                          f"run.name={run_name}", "run.numbered=false"]
-            resume_cmd = [py, "-m", "apollogan.train", "--resume", str(ckpt_dir), f"train.steps={steps}"]
+            resume_cmd = [py, "-m", "apollogan.train", "--resume", str(ckpt_dir), f"train.steps={steps}",
+                          f"run.runs_dir={ab.runs_dir}"]  # a resumed run's folders are the command's, never stored ones
             scored = ckpt_dir / ("best.pt" if ab.eval_checkpoint == "best" else "last.pt")
             eval_cmd = [py, "-m", "apollogan.evaluate", "--checkpoint", str(scored), "--num", str(ab.eval_num),
                         "--seed", str(ab.eval_seed), "--meter", cfg.run.meter, *ab.eval_args, *cell.evaluate,

@@ -249,6 +249,14 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     return cfg
 
 
+def config_keys(path) -> set[str]:
+    """The SECTION.KEY names a YAML preset sets (none without one)."""
+    if not path:
+        return set()
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    return {f"{s}.{k}" for s, v in doc.items() if isinstance(v, dict) for k in v}
+
+
 def _field_type(cfg: Config, key: str):
     section, _, name = key.partition(".")
     sub = getattr(cfg, section, None)
@@ -321,5 +329,6 @@ def validate(cfg: Config) -> None:
     if cfg.data.meter and meter_of(cfg.data.meter) != meter_of(cfg.run.meter):
         raise UserError(f"data.meter={cfg.data.meter} trains on windows in {cfg.data.meter}, but run.meter="
                         f"{cfg.run.meter} scores the samples as bars of {cfg.run.meter}; set run.meter too")
-    if not cfg.run.name or "/" in cfg.run.name:
-        raise UserError(f"run.name: {cfg.run.name!r} must be a non-empty name without '/'")
+    name = cfg.run.name
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise UserError(f"run.name: {name!r} must be one plain folder name (no '/', '\\', '..' or surrounding spaces)")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint, restore, rng_state, save_checkpoint
 from .cli import UserError, run
-from .config import Config, load_config, meter_of
+from .config import Config, RunConfig, config_keys, load_config, meter_of
 from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .distributed import Dist, barrier, broadcast, first_bad_step, gather, setup_distributed, shutdown, wrap
 from .models import StepContext, build_family
@@ -112,6 +112,51 @@ def next_run_name(cfg: Config) -> str:
             if tail.isdigit():
                 used.add(int(tail))
     return f"{cfg.run.name}-{max(used, default=0) + 1:03d}"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold an exclusive lock on a run's checkpoint folder (created if missing) while the run writes it: a
+    second process with the same run is refused in one line. The lock goes with the process, so a killed
+    run leaves no lock (only its empty file); a finished one removes the file. Without flock (Windows), no lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{folder}: another process is writing this run now; wait for it, or choose "
+                            f"another run.name") from None
+        try:
+            yield
+        finally:
+            (folder / ".lock").unlink(missing_ok=True)  # still held: the file goes before the lock does
+
+
+def claim_numbered(cfg: Config) -> str:
+    """The first free NAME-NNN, its checkpoint folder created here: two runs starting at once get two."""
+    while True:
+        name = next_run_name(cfg)
+        try:
+            (Path(cfg.run.checkpoints_dir) / name).mkdir(parents=True)
+            return name
+        except FileExistsError:
+            continue
+
+
+def resume_folder(cfg: Config, path: Path, log) -> str:
+    """The run a resumed checkpoint writes into: the folder it was resumed from when that is a run of
+    run.checkpoints_dir, else a new numbered run. A name stored in the checkpoint is never a place to write."""
+    folder = Path(path).resolve().parent
+    if folder.parent == Path(cfg.run.checkpoints_dir).resolve():
+        return folder.name
+    name = claim_numbered(cfg)
+    log(f"{path}: resumed into a new run {name} (its folder is not a run of {cfg.run.checkpoints_dir})")
+    return name
 
 
 def fixed_run_name(cfg: Config) -> str:
@@ -225,30 +270,29 @@ class Interval:
         return vals, speed
 
 
-def train(cfg: Config, resume: Path | dict | None = None, log=print, progress: bool = True) -> dict:
-    """Run (or continue, from a checkpoint path or a loaded one) training; returns the final figures.
+def train(cfg: Config, resume: Path | str | None = None, log=print, progress: bool = True) -> dict:
+    """Run (or continue, from a checkpoint file) training; returns the final figures.
 
     Rank 0 alone logs and saves.
     """
     env = setup_distributed()
     done = False
     try:
-        out = _train(cfg, resume, env, log if env.main else (lambda *a, **k: None), progress and env.main)
+        with contextlib.ExitStack() as hold:
+            out = _train(cfg, resume, env, log if env.main else (lambda *a, **k: None), progress and env.main, hold)
         done = True
         return out
     finally:
         shutdown(env, done)
 
 
-def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
+def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitStack) -> dict:
     t, device = cfg.train, env.device
-    ckpt = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
+    ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt and ckpt["family"] != cfg.model.family:
         raise UserError(f"model.family: the checkpoint is of family {ckpt['family']}; a resumed run keeps its family")
-    if env.world > 1 and (t.loss == "wgan-gp" or t.r1):
-        raise UserError("train.loss=wgan-gp and train.r1 are single-process only (their double backward bypasses DDP)")
-    if env.world > 1 and t.time_limit:
-        raise UserError("train.time_limit is single-process only (the ranks' clocks would stop them at different steps)")
+    if env.world > 1 and (t.loss == "wgan-gp" or t.r1 or t.time_limit):  # their double backward bypasses DDP; the
+        raise UserError("train.loss=wgan-gp, train.r1 and train.time_limit are single-process only")  # clocks differ
     shards = training_shards(cfg, ckpt, env, log)
     spec = shards.spec
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -258,10 +302,14 @@ def _train(cfg: Config, resume, env: Dist, log, progress) -> dict:
     step = batches = 0
     if ckpt:
         restore(ckpt, family, ema, opts, gen, env.rank, env.world)
-        step, batches, run_name = ckpt["step"], ckpt["batches"], ckpt["run_name"]
-    else:
-        run_name = broadcast((next_run_name(cfg) if cfg.run.numbered else fixed_run_name(cfg)) if env.main else None, env)
+        step, batches = ckpt["step"], ckpt["batches"]
+    if env.main:
+        run_name = (resume_folder(cfg, resume, log) if ckpt else claim_numbered(cfg) if cfg.run.numbered
+                    else fixed_run_name(cfg))
+    run_name = broadcast(run_name if env.main else None, env)
     ckpt_dir = Path(cfg.run.checkpoints_dir) / run_name
+    if env.main:
+        hold.enter_context(run_lock(ckpt_dir))  # until train() returns
     nets, no_sync = wrap(family.modules, env, t.compile)
     bf16 = use_bf16(cfg, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -372,12 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    resume = resolve_checkpoint(a.resume)[1] if a.resume else None
-    cfg = load_config(a.config, a.overrides, base=resume["config"] if resume else None)
+    path, ckpt = resolve_checkpoint(a.resume) if a.resume else (None, None)
+    cfg = load_config(a.config, a.overrides, base=ckpt["config"] if ckpt else None)
+    if ckpt:  # a stored path is never a place to write: the checkpoint's own place, or this command's folders
+        given = {o.partition("=")[0] for o in a.overrides} | config_keys(a.config)
+        if "run.checkpoints_dir" not in given:
+            cfg.run.checkpoints_dir = str(Path(path).resolve().parent.parent)
+        if "run.runs_dir" not in given:
+            cfg.run.runs_dir = RunConfig().runs_dir
     if a.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    train(cfg, resume)
+    train(cfg, path)
     return 0
 
 

@@ -1,0 +1,76 @@
+"""Faults that must not lose a user's work: where a resumed run writes, run names, runs at once."""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from apollogan.checkpoint import load_checkpoint
+from apollogan.cli import UserError
+from apollogan.config import load_config
+from apollogan.train import claim_numbered, main, run_lock, train
+
+QUIET = dict(log=lambda *a, **k: None, progress=False)
+
+
+def tiny(tmp_path, chunks, *extra):
+    return load_config(None, [f"data.root={chunks}", "model.width=4", "model.fc_dim=16", "train.batch_size=4",
+                              "train.steps=6", "run.log_every=2", "run.sample_every=6", "run.checkpoint_every=3",
+                              "run.keep=5", "run.num_samples=4", "run.audio_samples=1", f"run.runs_dir={tmp_path}/runs",
+                              f"run.checkpoints_dir={tmp_path}/checkpoints", "run.name=a", *extra])
+
+
+def digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_resume_from_a_copied_checkpoint_writes_into_the_folder_it_was_resumed_from(tmp_path, chunks):
+    a = train(tiny(tmp_path, chunks), **QUIET)
+    run = Path(a["checkpoint"]).parent
+    before = digests(run)
+    backup = tmp_path / "checkpoints" / "backup"
+    backup.mkdir()
+    shutil.copy(run / "step-0000003.pt", backup / "step-0000003.pt")
+    b = train(tiny(tmp_path, chunks), resume=backup / "step-0000003.pt", **QUIET)
+    assert b["run_name"] == "backup" and load_checkpoint(backup / "last.pt")["step"] == 6
+    assert digests(run) == before  # a-001 untouched: its steps, last.pt and best.pt as they were
+
+
+def test_a_stored_run_name_or_folder_is_never_a_place_to_write(tmp_path, chunks, monkeypatch):
+    train(tiny(tmp_path, chunks, "train.steps=3"), **QUIET)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "a-001" / "last.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "best.pt").write_text("the user's")
+    ckpt["run_name"] = "../../elsewhere"
+    ckpt["config"]["run"]["checkpoints_dir"] = str(tmp_path / "evil")
+    ckpt["config"]["run"]["runs_dir"] = str(tmp_path / "evil-runs")
+    ckpt["config"]["train"]["steps"] = 6
+    crafted = tmp_path / "work" / "checkpoints" / "x" / "crafted.pt"
+    crafted.parent.mkdir(parents=True)
+    torch.save(ckpt, crafted)
+    monkeypatch.chdir(tmp_path / "work")  # the default folders, checkpoints/ and runs/, are the work folder's
+    assert main(["--resume", str(crafted)]) == 0
+    assert load_checkpoint(crafted.parent / "last.pt")["step"] == 6 and (tmp_path / "work" / "runs" / "x").is_dir()
+    assert (elsewhere / "best.pt").read_text() == "the user's" and sorted(p.name for p in elsewhere.iterdir()) == ["best.pt"]
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "evil-runs").exists()
+
+
+def test_a_run_name_is_one_plain_folder_name(tmp_path, chunks):
+    for bad in ("..", ".", "a/b", "..\\\\x"):
+        with pytest.raises(UserError, match="must be one plain folder name"):
+            load_config(None, [f"run.name={bad}", "run.numbered=false"])
+
+
+def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path, chunks):
+    cfg = tiny(tmp_path, chunks, "run.numbered=false", "run.name=fixed")
+    with run_lock(tmp_path / "checkpoints" / "fixed"):  # another process writing it now
+        with pytest.raises(UserError, match=r"fixed: another process is writing this run now"):
+            train(cfg, **QUIET)
+    assert not (tmp_path / "checkpoints" / "fixed" / "last.pt").exists()
+    out = train(cfg, **QUIET)  # free again: it runs, and leaves no lock file behind
+    assert sorted(p.name for p in Path(out["checkpoint"]).parent.iterdir()) == ["last.pt", "step-0000003.pt",
+                                                                                "step-0000006.pt"]
+    numbered = tiny(tmp_path, chunks)
+    assert [claim_numbered(numbered) for _ in range(2)] == ["a-001", "a-002"]  # each start claims its own
