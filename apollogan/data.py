@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cli import bundled_data, find_midi_files
+from .cli import UserError, bundled_data, find_midi_files
 from .midi import DEFAULT_MAX_BEATS, MidiError, Song, key_shift, read_song, song_roll, transpose_song
 from .pianoroll import NPZ_SUFFIX, read_npz_song
 from .shards import (
@@ -36,6 +36,7 @@ from .shards import (
     JsonLines,
     ShardWriter,
     is_current,
+    listed_files,
     read_manifest,
     write_manifest,
 )
@@ -224,14 +225,16 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # the old set is invalid from here on
+    old = claim_out(out)  # the set this one replaces, once it is complete; until then it stays as it is
+    generation = old.get("generation", 0) + 1 if old else 0
+    tag = f"g{generation}-" if generation else ""  # a rebuild's files never overwrite the old set's
     reasons, totals, per_split = Counter(), Counter(), Counter()
     cwd = os.getcwd()
     writers, pool, parts = {}, None, []
     bar = _progress(len(files), progress)
     try:
-        writers = {s: ShardWriter(out, s, spec, shard_windows) for s in SPLITS}
-        sources, skipped = JsonLines(out, SOURCES), JsonLines(out, SKIPPED)
+        writers = {s: ShardWriter(out, s, spec, shard_windows, tag) for s in SPLITS}
+        sources, skipped = JsonLines(out, tag + SOURCES), JsonLines(out, tag + SKIPPED)
         parts = list(writers.values()) + [sources, skipped]
         workers = max(workers, 1)
         pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
@@ -290,7 +293,7 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         if pool:
             pool.terminate()
     manifest = {
-        "format": FORMAT, "version": VERSION, "apollogan": __version__,
+        "format": FORMAT, "version": VERSION, "apollogan": __version__, "generation": generation,
         "spec": spec.to_dict(), "channels": spec.channel_names, "packing": "packbits",
         "options": {**opt.__dict__, "time_shifts": list(opt.time_shifts)},
         "counts": {"files": len(files), "converted": sources.count, "skipped": dict(sorted(reasons.items())),
@@ -301,11 +304,31 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         "records": records, **files_entry,
     }
     if records:
-        write_manifest(out, manifest)
-        keep = {sh["file"] for s in SPLITS for sh in writers[s].shards}
-        for stale in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")):
-            if stale.name not in keep:
-                stale.unlink()
+        write_manifest(out, manifest)  # the one moment the new set replaces the old
+        for name in listed_files(old or {}) - listed_files(manifest):  # only what the old set's manifest lists
+            (out / name).unlink(missing_ok=True)
+    return manifest
+
+
+def claim_out(out: Path) -> dict | None:
+    """The manifest of the shard set at ``out`` (None: an empty folder). A folder holding anything else
+    is refused in one line; temporary files of an interrupted run into it are removed."""
+    entries = list(out.iterdir())
+    stale = [p for p in entries if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    manifest = None
+    if (out / "manifest.json").is_file():
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise UserError(f"{out}: its manifest.json is not an apollogan shard set's; preprocess into an empty or "
+                            f"new folder (nothing was changed)")
+    elif len(entries) > len(stale):
+        raise UserError(f"{out}: not empty and not a shard set (no manifest.json); preprocess into an empty or new "
+                        f"folder (nothing was changed)")
+    for p in stale:
+        p.unlink(missing_ok=True)
     return manifest
 
 

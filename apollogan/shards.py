@@ -14,6 +14,11 @@ Bit-packing costs almost nothing to read (np.unpackbits runs at memory speed) an
 the corpus streams to disk as it is made, so preprocessing memory stays flat however many
 files there are. The manifest is written last, so a folder without one is an unfinished set
 and is refused.
+
+Preprocessing into an existing set builds the new one beside it under other names (``train-g1-00000.bin``,
+``g1-sources.jsonl``, ...: the manifest's ``generation``), replaces it by writing its manifest, and only
+then removes the files the old manifest listed; nothing else in the folder is ever removed. A folder
+that is neither empty nor a shard set is refused (apollogan/data.py, ``claim_out``).
 """
 from __future__ import annotations
 
@@ -46,14 +51,14 @@ class ShardWriter:
     """Streams windows of one split into shard files of at most ``shard_windows`` windows, and
     their records into ``SPLIT-windows.npy``, as they come: memory holds one file's windows."""
 
-    def __init__(self, root: Path, split: str, spec: RollSpec, shard_windows: int = 8192):
-        self.root, self.split, self.spec = Path(root), split, spec
+    def __init__(self, root: Path, split: str, spec: RollSpec, shard_windows: int = 8192, tag: str = ""):
+        self.root, self.split, self.spec, self.tag = Path(root), split, spec, tag  # tag: a rebuild's file names
         self.shard_windows = shard_windows
         self.shards: list[dict] = []
         self.windows = 0
         self._file = self._tmp = self._hash = None  # the open shard, under a temporary name
         self._in_shard = 0  # windows written to it
-        self.record_file = f"{split}-windows.npy"
+        self.record_file = f"{split}-{tag}windows.npy"
         self._raw, self._raw_path = _temporary(self.root, f"{split}-windows.raw")
 
     def add(self, packed: np.ndarray, records: np.ndarray) -> None:
@@ -76,7 +81,7 @@ class ShardWriter:
                 self._finish_shard()
 
     def _shard_name(self) -> str:
-        return f"{self.split}-{len(self.shards):05d}.bin"
+        return f"{self.split}-{self.tag}{len(self.shards):05d}.bin"
 
     def _finish_shard(self) -> None:
         self._file.flush()
@@ -166,6 +171,15 @@ def read_lines(root, entry: dict) -> list[dict]:
 
 def write_manifest(root: Path, manifest: dict) -> None:
     atomic_write_bytes(Path(root) / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def listed_files(manifest: dict) -> set[str]:
+    """The files a shard set's manifest names (shards, records, file lists): all of it that may be removed."""
+    names = {sh.get("file") for split in (manifest.get("shards") or {}).values() if isinstance(split, list)
+             for sh in split if isinstance(sh, dict)}
+    names |= {e.get("file") for e in (manifest.get("records") or {}).values() if isinstance(e, dict)}
+    names |= {manifest[k].get("file") for k in ("sources", "skipped") if isinstance(manifest.get(k), dict)}
+    return {n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")}
 
 
 def read_manifest(root) -> dict:

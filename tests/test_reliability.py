@@ -74,3 +74,64 @@ def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path, chunks):
                                                                                 "step-0000006.pt"]
     numbered = tiny(tmp_path, chunks)
     assert [claim_numbered(numbered) for _ in range(2)] == ["a-001", "a-002"]  # each start claims its own
+
+
+def build(files, out):
+    from apollogan.data import WindowOptions, preprocess
+    from apollogan.spec import RollSpec
+
+    return preprocess(files, out, RollSpec(), WindowOptions(hop=128, val_fraction=0.3), progress=False)
+
+
+def test_preprocess_refuses_a_folder_that_is_not_a_shard_set_and_changes_nothing(tmp_path):
+    from conftest import NOTTINGHAM
+
+    from apollogan.cli import find_midi_files
+
+    files = find_midi_files([NOTTINGHAM])[:6]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"mine": 1}')
+    (mine / "train-backup.bin").write_text("keep")
+    with pytest.raises(UserError, match=r"mine: its manifest.json is not an apollogan shard set's"):
+        build(files, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "train-backup.bin"]
+    assert (mine / "manifest.json").read_text() == '{"mine": 1}' and (mine / "train-backup.bin").read_text() == "keep"
+    (mine / "manifest.json").unlink()
+    with pytest.raises(UserError, match=r"mine: not empty and not a shard set"):
+        build(files, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["train-backup.bin"]
+
+
+def test_an_all_bad_rerun_leaves_the_good_set_as_it_was(tmp_path):
+    from conftest import NOTTINGHAM
+
+    from apollogan.cli import find_midi_files
+    from apollogan.shards import ShardSet
+
+    good = tmp_path / "good"
+    build(find_midi_files([NOTTINGHAM])[:6], good)
+    before = digests(good)
+    (tmp_path / "empty.mid").write_bytes(b"")
+    m = build([str(tmp_path / "empty.mid")], good)
+    assert m["counts"]["converted"] == 0
+    assert digests(good) == before and len(ShardSet(good, "train", verify=True)) > 0
+
+
+def test_a_rebuild_replaces_the_set_and_removes_only_what_its_manifest_listed(tmp_path):
+    from conftest import NOTTINGHAM
+
+    from apollogan.cli import find_midi_files
+    from apollogan.shards import ShardSet, listed_files
+
+    out = tmp_path / "c"
+    first = build(find_midi_files([NOTTINGHAM])[:6], out)
+    (out / "notes.txt").write_text("the user's")
+    (out / "train-backup.bin").write_text("the user's too")
+    (out / ".val-00000.bin.abc.tmp").write_text("left by a killed run")
+    second = build(find_midi_files([NOTTINGHAM])[6:12], out)
+    names = {p.name for p in out.iterdir()}
+    assert {"notes.txt", "train-backup.bin"} <= names and ".val-00000.bin.abc.tmp" not in names
+    assert not listed_files(first) & names  # the old set's files went, once the new one was complete
+    assert listed_files(second) <= names and second["generation"] == 1
+    assert len(ShardSet(out, "train", verify=True)) == second["counts"]["windows"]["train"]
