@@ -27,8 +27,7 @@ from .spec import RollSpec
 
 @dataclass
 class Condition:
-    kept: list[Track]  # the tracks written back as given (file ticks): accompaniment and drums
-    pitched: list[bool]  # which kept tracks the model hears (not drums)
+    kept: list[Track]  # the tracks written back as given (file ticks): accompaniment, and drums (Track.drum)
     replaced: int  # notes of the file taken as the melody and replaced
     tpq: int
     tempo: list  # [(tick, bpm)]
@@ -56,11 +55,15 @@ def bar_lines(time_signature: list, tpq: int, end: int) -> np.ndarray:
     return np.unique(np.asarray(out, np.int64))
 
 
-def _top_voice(notes: np.ndarray) -> np.ndarray:
-    """Which notes [pitch, start, end] have no higher note sounding at their onset."""
+def _top_voice(notes: np.ndarray, block: int = 512) -> np.ndarray:
+    """Which notes [pitch, start, end] have no higher note sounding at their onset (in blocks of notes, so
+    that memory stays at block x N whatever the file)."""
     pitch, start, end = notes[:, 0], notes[:, 1], notes[:, 2]
-    sounding = (start[None, :] <= start[:, None]) & (start[:, None] < end[None, :])  # [i, j]: j sounds at i's onset
-    return ~(sounding & (pitch[None, :] > pitch[:, None])).any(axis=1)
+    out = np.empty(len(notes), bool)
+    for lo in range(0, len(notes), block):
+        s, p = start[lo: lo + block, None], pitch[lo: lo + block, None]
+        out[lo: lo + block] = ~((start[None, :] <= s) & (s < end[None, :]) & (pitch[None, :] > p)).any(axis=1)
+    return out
 
 
 def read_condition(path, melody="auto", max_beats: int = DEFAULT_MAX_BEATS) -> Condition:
@@ -117,8 +120,7 @@ def read_condition(path, melody="auto", max_beats: int = DEFAULT_MAX_BEATS) -> C
     else:
         said = f"replaced track {mode} as the melody, kept the others as the accompaniment ({names})"
     tempo = [(int(t.time), 60_000_000.0 / t.mspq) for t in score.tempos] or [(0, 120.0)]
-    return Condition(kept + drums, [True] * len(kept) + [False] * len(drums), replaced, tpq, tempo, meters,
-                     int(after[0]), end, said)
+    return Condition(kept + drums, replaced, tpq, tempo, meters, int(after[0]), end, said)
 
 
 def window_starts(cond: Condition, spec: RollSpec) -> np.ndarray:
@@ -138,7 +140,7 @@ def condition_rolls(cond: Condition, spec: RollSpec, starts: np.ndarray) -> np.n
     outside the pitch window are left out of what the model hears (and still written back)."""
     grid = RollSpec(low=spec.low, pitches=spec.pitches, steps=spec.steps, steps_per_beat=spec.steps_per_beat,
                     onset=spec.onset)
-    notes = np.concatenate([t.notes for t, p in zip(cond.kept, cond.pitched) if p])
+    notes = np.concatenate([t.notes for t in cond.kept if not t.drum])  # the model never hears drums
     notes = notes[(notes[:, 0] >= spec.low) & (notes[:, 0] < spec.low + spec.pitches)]
     steps = np.column_stack([notes[:, 0], ticks_to_steps(notes[:, 1:], cond.tpq, spec.steps_per_beat)])
     steps = steps[steps[:, 2] > steps[:, 1]]  # shorter than half a step: nothing on the grid

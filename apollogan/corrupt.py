@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import split_voices
 from .midi import note_bounds
 from .spec import RollSpec
 
@@ -36,13 +37,7 @@ def melody_and_rest(x: np.ndarray, spec: RollSpec) -> tuple[np.ndarray, np.ndarr
     s = _sustain(x, spec)
     if spec.parts > 1:
         return s[:, 0], s[:, 1:].any(axis=1)
-    merged = s[:, 0]
-    p = merged.shape[1]
-    top = p - 1 - merged[:, ::-1].argmax(axis=1)  # [N, T] highest active row
-    upper = np.zeros_like(merged)
-    n_idx, t_idx = np.nonzero(merged.any(axis=1))
-    upper[n_idx, top[n_idx, t_idx], t_idx] = True
-    return upper, merged & ~upper
+    return split_voices(s[:, 0])
 
 
 def _join(melody: np.ndarray, rest: np.ndarray, spec: RollSpec) -> np.ndarray:

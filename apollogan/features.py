@@ -16,6 +16,7 @@ with a bootstrap 95% interval. docs/metrics.md has the measurements behind these
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
 from pathlib import Path
 
@@ -139,6 +140,9 @@ class FeatureNet:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise UserError(f"{path}: no such feature network") from None
+        except pickle.UnpicklingError:
+            raise UserError(f"{path}: not a readable feature network (not a torch file of tensors and plain "
+                            f"values: a file that needs code to load is refused)") from None
         except Exception as e:  # noqa: BLE001 - any unreadable file is one line
             raise UserError(f"{path}: not a readable feature network ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
@@ -199,21 +203,8 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def transpose_batch(x: torch.Tensor, rng: np.random.Generator, largest: int = 6) -> torch.Tensor:
-    """Each window moved by a random whole number of semitones in [-largest, largest] that keeps its notes
-    inside the pitch window: the network learns music in every key, not the training windows' keys."""
-    active = x.any(dim=1).any(dim=2).numpy()  # [B, P] rows with a note
-    out = torch.zeros_like(x)
-    for i, rows in enumerate(active):
-        nz = np.flatnonzero(rows)
-        lo, hi = (-min(largest, nz[0]), min(largest, len(rows) - 1 - nz[-1])) if len(nz) else (0, 0)
-        s = int(rng.integers(lo, hi + 1))
-        out[i] = torch.roll(x[i], s, dims=1)
-    return out
-
-
 def train_network(shards, steps: int = 3000, batch: int = 64, seed: int = 0, lr: float = 1e-3, progress: bool = True,
-                  arch: dict | None = None, command: str = "", transpose: bool = False) -> FeatureNet:
+                  arch: dict | None = None, command: str = "") -> FeatureNet:
     """Train an encoder on the windows of ``shards`` (a training split) outside the held-out source files,
     with the contrastive task; standardise on them."""
     spec = shards.spec
@@ -230,18 +221,18 @@ def train_network(shards, steps: int = 3000, batch: int = 64, seed: int = 0, lr:
     bar = tqdm(range(steps), desc="feature network", unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     loss_avg = acc_avg = None
+    seen = []
     for step in bar:
         idx = np.sort(rng.choice(n, batch, replace=False))
         x = torch.from_numpy(shards.get(usable[idx])).float()
-        if transpose:
-            x = transpose_batch(x, rng)
         loss, acc = cpc_loss(net, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        acc_avg = acc.item() if acc_avg is None else 0.98 * acc_avg + 0.02 * acc.item()
-        if step % 20 == 0:
+        seen.append(torch.stack([loss.detach(), acc.detach()]))
+        if len(seen) == 20 or step == steps - 1:  # read (one sync) only when shown: the mean of the last steps
+            loss_avg, acc_avg = torch.stack(seen).mean(0).tolist()
+            seen = []
             bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc_avg:.3f}", refresh=False)
     bar.close()
     net.eval()

@@ -236,12 +236,16 @@ def chord_tone_rate(melody, accompaniment, low=30, **_):
     return _div((struck * chord).sum(axis=(1, 2)), (struck.sum(axis=1) * sounding).sum(axis=1))
 
 
+def top_rows(x: np.ndarray) -> np.ndarray:
+    """[N, T]: the highest active row at each step, -1 where the step is silent."""
+    return np.where(x.any(axis=1), x.shape[1] - 1 - x[:, ::-1, :].argmax(axis=1), -1)
+
+
 def split_voices(x):
     """(upper, lower): at each step the highest active pitch, and everything under it."""
-    n, p, t = x.shape
-    top = p - 1 - x[:, ::-1, :].argmax(axis=1)  # [n, t]
+    top = top_rows(x)
     upper = np.zeros_like(x)
-    ni, ti = np.nonzero(x.any(axis=1))
+    ni, ti = np.nonzero(top >= 0)
     upper[ni, top[ni, ti], ti] = True
     return upper, x & ~upper
 
@@ -275,55 +279,51 @@ def phrase_repetition(x, bar=16, lags=(4, 8), **_):
     return _by_bar(x, bar, per_roll)
 
 
-def _upper_line(x: np.ndarray) -> list[np.ndarray]:
-    """Per roll, the upper voice as a pitch sequence: the highest sounding row, one entry per change."""
-    p = x.shape[1]
-    top = np.where(x.any(axis=1), p - 1 - x[:, ::-1].argmax(axis=1), -1)  # [N, T], -1: silent
-    out = []
-    for row in top:
-        row = row[row >= 0]
-        out.append(row[np.r_[True, row[1:] != row[:-1]]] if len(row) else row)
-    return out
+def _upper_moves(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(move [N, T], has [N, T]): the upper voice's interval at each step where its pitch changes from the
+    last sounding one (silent steps skipped), in semitones."""
+    top = top_rows(x)
+    n, t = top.shape
+    last = np.maximum.accumulate(np.where(top >= 0, np.arange(t), -1), axis=1)  # last sounding step <= t
+    prev = np.concatenate([np.full((n, 1), -1), last[:, :-1]], axis=1)  # ... < t
+    before = np.take_along_axis(top, np.maximum(prev, 0), axis=1)
+    move = top - before
+    return move, (top >= 0) & (prev >= 0) & (move != 0)
 
 
 def melodic_step_rate(x, **_):
     """Of the upper voice's moves, the share that are steps (1 or 2 semitones) rather than leaps; NaN
     without a move. Melodies move mostly by step; random or displaced notes leap."""
-    moves = [np.abs(np.diff(line)) for line in _upper_line(x)]
-    return np.array([np.mean(m <= 2) if len(m) else np.nan for m in moves])
+    move, has = _upper_moves(x)
+    return _div((has & (np.abs(move) <= 2)).sum(axis=1), has.sum(axis=1))
 
 
 def step_descent(x, **_):
     """Of the upper voice's steps (moves of 1 or 2 semitones), the share that go down; NaN without a step.
     Tunes step down more than up (and leap up): reversed in time, the share flips."""
-    out = []
-    for line in _upper_line(x):
-        d = np.diff(line)
-        steps = d[(np.abs(d) >= 1) & (np.abs(d) <= 2)]
-        out.append(np.mean(steps < 0) if len(steps) else np.nan)
-    return np.array(out)
+    move, has = _upper_moves(x)
+    step = has & (np.abs(move) <= 2)
+    return _div((step & (move < 0)).sum(axis=1), step.sum(axis=1))
 
 
 def strong_beat_chord_tones(x, bar=16, r=4, low=30, **_):
     """At the strong beats (each bar's first step, and its middle when it has an even number of beats),
     among those where the upper voice has other notes under it: the share whose upper pitch class sounds
     among them too. NaN without such a beat. A melody over another tune's chords falls."""
-    n, p, t = x.shape
-    pc = (low + np.arange(p)) % 12
-    bars = np.broadcast_to(np.asarray(bar), (n,))
-    out = np.full(n, np.nan)
-    for i in range(n):
-        b = int(bars[i])
-        strong = np.arange(0, t - t % b, b)
-        if (b // r) % 2 == 0:
-            strong = np.sort(np.r_[strong, strong + b // 2])
-        cols = x[i][:, strong]  # [P, strong]
-        has = cols.sum(axis=0) >= 2
-        if not has.any():
-            continue
-        top = p - 1 - cols[::-1].argmax(axis=0)
-        agree = [pc[top[j]] in set(pc[np.flatnonzero(cols[:, j])[:-1]]) for j in np.flatnonzero(has)]
-        out[i] = np.mean(agree)
+    upper, lower = split_voices(x)
+    pcm = _pc_matrix(x.shape[1], low)
+    agree = (np.einsum("npt,pc->nct", upper.astype(float), pcm) * np.einsum("npt,pc->nct", lower.astype(float), pcm)
+             ).any(axis=1)  # [N, T]: the top note's pitch class is among those under it
+    has = lower.any(axis=1)
+    steps = np.arange(x.shape[2])
+    out = np.full(len(x), np.nan)
+    bars = np.broadcast_to(np.asarray(bar), (len(x),))
+    for b in np.unique(bars):  # one mask of strong steps per bar length
+        b = int(b)
+        strong = (steps % b == 0) | ((b // r) % 2 == 0) & (steps % b == b // 2)
+        strong &= steps < x.shape[2] - x.shape[2] % b
+        idx = bars == b
+        out[idx] = _div((agree[idx] & has[idx] & strong).sum(axis=1), (has[idx] & strong).sum(axis=1))
     return out
 
 

@@ -39,7 +39,7 @@ class Sampling:
     grid_look: dict | None = None
     metrics_real: torch.Tensor | None = None  # ... and of the scored samples, with their bars
     metrics_bars: np.ndarray | None = None
-    features: str | None = None  # the feature network's file: Metrics/kd and Metrics/fd are logged (None: not)
+    features: object = None  # the feature network (FeatureNet), loaded once: Metrics/kd and Metrics/fd (None: not logged)
 
 
 def look_of(look: dict, n: int) -> dict:
@@ -141,7 +141,7 @@ class Monitor:
             self.log(log_line)
 
 
-def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log) -> str | None:
+def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log):
     """The feature network a run's scored steps use, or None (said in one line) where none fits or the
     scored samples are fewer than the figures' sample size; refused when run.best_metric needs it."""
     from .features import find_network
@@ -163,7 +163,7 @@ def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log
         log(f"Metrics/kd and Metrics/fd are not logged: {e}")
         return None
     log(line)
-    return str(net.path)
+    return net
 
 
 def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarray, cfg: Config, log) -> Sampling:

@@ -304,11 +304,15 @@ def feature_figures(rolls: np.ndarray, root, meter: tuple[int, int] | None, size
     """KD and FD (each {value, low, high}), precision and recall of ``size`` generated rolls against
     ``size`` real windows of ``split`` (in ``meter``; every window for None), and the same of ``size``
     training windows against those real ones: the real floor (kd_floor, ...). UserError (one line) where
-    no feature network fits or there are too few rolls or windows for ``size``."""
-    from .features import distances, find_network, held_out, shard_digest
+    no feature network fits or there are too few rolls or windows for ``size``. ``network``: a file, a
+    loaded FeatureNet, or None (the one beside the shards, else the shipped one)."""
+    from .features import FeatureNet, distances, find_network, held_out, shard_digest
 
     real_set, train = ShardSet(root, split, verify=False), ShardSet(root, "train", verify=False)
-    net, line = find_network(root, real_set.spec, real_set.manifest, network)
+    if isinstance(network, FeatureNet):  # loaded once by the caller (training's scored steps)
+        net, line = network, f"features: {network.path}"
+    else:
+        net, line = find_network(root, real_set.spec, real_set.manifest, network)
     where = f" in {meter[0]}/{meter[1]}" if meter else ""
     pools = {}
     own = net.info.get("train_digest") == shard_digest(train.manifest)  # then its floor: the files it never saw
