@@ -84,6 +84,10 @@ class Monitor:
             log(f"best.pt: step {self.best['step']} was chosen on the {SPLIT_WORDS[self.best.get('on', 'val')]} "
                 f"windows; the next scored step replaces it, chosen on the {SPLIT_WORDS[on]} windows")
             self.best = None
+        if self.best and on and self.best.get("metric", "overall") != cfg.run.best_metric:  # nor do other figures
+            log(f"best.pt: step {self.best['step']} was chosen by {self.best.get('metric', 'overall')}; the next scored "
+                f"step replaces it, chosen by {cfg.run.best_metric}")
+            self.best = None
 
     def log_interval(self, step: int, figures: dict, optimizers: dict, speed: float) -> None:
         for k, v in figures.items():
@@ -116,7 +120,9 @@ class Monitor:
             alike, figure_value, weights = min(candidates)
             if self.best is None or (alike, figure_value) < (self.best.get("alike", False), self.best["overall"]):
                 self.best = {"step": step, "overall": figure_value, "alike": alike, "on": self.sampling.best_on,
-                             "weights": weights}
+                             "weights": weights}  # "overall": the figure it was chosen by (run.best_metric)
+                if r.best_metric != "overall":
+                    self.best["metric"] = r.best_metric
                 # before the step's checkpoint: a kill between the two redoes this step after resume
                 save_best(with_weights(state(gather_rngs=False), weights), self.ckpt_dir)
         return out

@@ -18,7 +18,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
-@pytest.mark.parametrize("module", ["preprocess", "decode", "describe", "train", "generate", "evaluate"])
+@pytest.mark.parametrize("module", ["preprocess", "decode", "describe", "train", "generate", "evaluate", "embed", "ablate"])
 def test_every_command_has_help(module):
     r = run(f"apollogan.{module}", "--help")
     assert r.returncode == 0 and "usage: python -m apollogan." + module in r.stdout

@@ -529,3 +529,23 @@ def test_best_metric_kd_needs_the_feature_distances_and_says_so_before_training(
     lines = []  # the overall figure needs no network: a run without one says once why Metrics/kd is missing
     train(tiny(tmp_path / "o", chunks, "run.metrics_every=3"), log=lines.append, progress=False)
     assert sum("Metrics/kd and Metrics/fd are not logged" in line for line in lines) == 1
+
+
+def test_best_metric_kd_chooses_best_pt_by_kd_not_by_the_overall_figure(tmp_path, chunks, monkeypatch):
+    import apollogan.monitor as tr
+
+    overall = {2: 1.0, 4: 3.0, 6: 2.0}  # the overall figure would choose step 2
+    kd = {2: 5.0, 4: 1.0, 6: 9.0}  # KD chooses step 4
+    monkeypatch.setattr(tr, "feature_network", lambda *a, **k: object())  # a network is there
+    monkeypatch.setattr(tr, "log_metrics", lambda *a, **k: {"Metrics/train/overall": overall[a[6]],
+                                                            "Metrics/train/kd": kd[a[6]]})
+    out = train(tiny(tmp_path / "kd", chunks, "run.metrics_every=2", "run.best_metric=kd"), **QUIET)
+    assert out["best"]["step"] == 4 and out["best"]["overall"] == 1.0 and out["best"]["metric"] == "kd"
+    plain = train(tiny(tmp_path / "o", chunks, "run.metrics_every=2"), **QUIET)
+    assert plain["best"]["step"] == 2 and "metric" not in plain["best"]
+    # resumed under the other figure, the best of the first half is not compared with it: step 6 replaces it
+    half = train(tiny(tmp_path / "r", chunks, "run.metrics_every=2", "train.steps=4"), **QUIET)
+    lines = []
+    again = train(tiny(tmp_path / "r", chunks, "run.metrics_every=2", "run.best_metric=kd"), resume=Path(half["checkpoint"]),
+                  log=lines.append, progress=False)
+    assert again["best"]["step"] == 6 and any("was chosen by overall; the next scored step replaces it" in x for x in lines)
