@@ -62,6 +62,9 @@ def evaluate_parser(description: str | None = None) -> argparse.ArgumentParser:
                     help="the real windows to compare with: val (default), or train, to choose among a run's "
                          "checkpoints without looking at the validation windows that then score the choice")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--likelihood", choices=("val", "test"), metavar="SPLIT",
+                    help="instead of sampling: the checkpoint's NLL per frame and frame accuracy on the whole tunes of "
+                         "a benchmark shard set's val or test split, the benchmark's way (docs/benchmark.md)")
     ap.add_argument("--raw", action="store_true",
                     help="a checkpoint's raw weights, not their moving average (also for --against)")
     ap.add_argument("--no-memorisation", action="store_true", help="skip the nearest-window search")

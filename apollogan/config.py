@@ -94,7 +94,8 @@ class RunConfig:
     # (docs/ablations.md, round 35)
     best_raw: bool = False
     # ... by this figure: "overall" (the mean W1 of 15 per-roll statistics, rounds 1 to 38), or "kd" / "fd",
-    # the distances in the feature network's space (docs/metrics.md), which hear time order and harmony
+    # the distances in the feature network's space (docs/metrics.md), which hear time order and harmony, or
+    # "nll": a likelihood family's NLL per frame on the validation windows (early stopping, docs/benchmark.md)
     best_metric: str = "overall"
     num_samples: int = 16  # rolls in the image grid (fixed noise)
     audio_samples: int = 2
@@ -124,7 +125,7 @@ CHOICES = {
     "train.mode_seeking_on": ("rolls", "probabilities"),
     "train.amp": ("auto", "bf16", "off"),
     "run.best_on": ("train", "val"),
-    "run.best_metric": ("overall", "kd", "fd"),
+    "run.best_metric": ("overall", "kd", "fd", "nll"),
 }
 
 
@@ -329,6 +330,8 @@ def validate(cfg: Config) -> None:
     if cfg.data.meter and meter_of(cfg.data.meter) != meter_of(cfg.run.meter):
         raise UserError(f"data.meter={cfg.data.meter} trains on windows in {cfg.data.meter}, but run.meter="
                         f"{cfg.run.meter} scores the samples as bars of {cfg.run.meter}; set run.meter too")
+    if cfg.run.best_metric == "nll" and not getattr(FAMILIES[m.family][0], "likelihood", False):
+        raise UserError(f"run.best_metric=nll: model.family={m.family} has no likelihood (the lstm family has)")
     name = cfg.run.name
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
         raise UserError(f"run.name: {name!r} must be one plain folder name (no '/', '\\', '..' or surrounding spaces)")

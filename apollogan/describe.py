@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import UserError, run
-from .shards import SPLITS, ShardSet
+from .shards import ShardSet
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -43,14 +43,15 @@ def _bar(frac: float, width: int = 40) -> str:
 
 
 def report(root) -> tuple[str, dict]:
-    stats = {s: split_stats(ShardSet(root, s)) for s in SPLITS}
     m = ShardSet(root, "train", verify=False).manifest
+    splits = [s for s in ("train", "val", "test") if s in m["shards"]]  # a benchmark file's set has a test split
+    stats = {s: split_stats(ShardSet(root, s)) for s in splits}
     spec, c, st = m["spec"], m["counts"], m["stats"]
     spec_obj = ShardSet(root, "train", verify=False).spec
     notes = max(st.get("notes", 0), 1)
     lines = [f"shard set {root}: spec {spec}",
              f"files: {c['converted']} converted of {c['files']}, skipped {c['skipped'] or 'none'}"]
-    for s in SPLITS:
+    for s in splits:
         d = stats[s]
         lines.append(f"{s}: {d['windows']} windows from {c['sources_per_split'][s]} files; "
                      f"note density {d['density_mean']:.4f} +- {d['density_std']:.4f} (active cells / cells)"

@@ -4,6 +4,7 @@
     python -m apollogan.evaluate --midi some_folder/ --data chunks/nottingham --out eval.json
     python -m apollogan.evaluate --checkpoint lstm-001 --prime 16 --temperature 0.9
     python -m apollogan.evaluate --checkpoint cond_gan-001 --against parts-dcgan-001
+    python -m apollogan.evaluate --checkpoint lstm-bench-001 --likelihood test --out test.json
 
 Every model family is sampled the way generate samples it (the LSTM primed with real
 validation windows, --prime 0 for none); a family with held-out figures of its own (the
@@ -24,6 +25,10 @@ parts merged ("merged/..."), and by chord-tone rate and melody-accompaniment ton
 A conditional model (cond_gan) draws its melodies over the accompaniment of validation
 windows, and is also scored beside the real melodies of the same windows and, with
 --against RUN, beside another model's melodies over the same chords.
+
+--likelihood SPLIT scores a likelihood family (lstm, every output) on the whole tunes of a
+benchmark shard set's split instead, as the Nottingham benchmark does: NLL per frame in nats
+over frames 1..T-1 of every tune, and frame accuracy (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -148,6 +153,8 @@ def main(argv=None) -> int:
         raise UserError("--no-features: skips the feature distances; --features and --feature-size ask for them")
     if a.meter:
         meter_arg(a.meter)  # before any work
+    if a.likelihood:
+        return likelihood_main(a)
     skipped, twins, validation, family_name, cond, meter = [], [], None, None, None, None
     device = pick_device(a.device)
     if a.checkpoint:
@@ -213,6 +220,31 @@ def main(argv=None) -> int:
     print(markdown(result))
     if a.out:
         atomic_write_json(a.out, _nan_to_none(result))  # strict JSON: an undefined value is null
+        print(f"wrote {a.out}")
+    return 0
+
+
+def likelihood_main(a) -> int:
+    """evaluate --likelihood SPLIT: the benchmark's figure of a checkpoint, on whole tunes."""
+    from .benchmark import read_tunes, tune_likelihood
+
+    if not a.checkpoint:
+        raise UserError("--likelihood: scores a checkpoint; --midi files have no likelihood")
+    path, ckpt = resolve_checkpoint(a.checkpoint, best=True)
+    device = pick_device(a.device)
+    family, spec, cfg = family_from_checkpoint(ckpt, device=device, ema=not a.raw)
+    if not getattr(family, "likelihood", False):
+        raise UserError(f"--likelihood: the {family.name} family has no likelihood (the lstm family has)")
+    root = a.data or Path(cfg.data.root)
+    ShardSet(root, "train", spec=spec, verify=False)  # data of another spec is refused before the work
+    tunes = read_tunes(root, a.likelihood)
+    res = tune_likelihood(family, tunes, device=device)
+    result = {"source": str(path) + (" (raw weights)" if a.raw else ""), "family": family.name, "data": str(root),
+              "output": getattr(cfg.model, "output", None), "split": a.likelihood, "likelihood": res}
+    print(f"{a.likelihood}: NLL per frame {res['nll_per_frame']:.4f} nats, frame accuracy {res['frame_accuracy']:.4f} "
+          f"({res['frames']} frames predicted, {res['tunes']} tunes)")
+    if a.out:
+        atomic_write_json(a.out, _nan_to_none(result))
         print(f"wrote {a.out}")
     return 0
 

@@ -103,20 +103,30 @@ class Monitor:
         if step % r.sample_every == 0 or last:
             out.update(log_samples(self.writer, self.family, self.nets, self.sampling, self.spec, step, self.run_dir,
                                    self.cfg, self.device))
-        if not self.sampling.has_val or not ((r.metrics_every and step % r.metrics_every == 0) or last):
+        if not ((r.metrics_every and step % r.metrics_every == 0) or last):
             return out
-        out.update(log_metrics(self.writer, self.family, self.nets, self.sampling, self.spec, self.root, step,
-                               self.cfg, self.device))
-        figure = ("train/" if self.sampling.best_on == "train" else "") + r.best_metric
-        # (alike, figure, weights) of the moving average and, with run.best_raw, the raw weights; alike
-        # ones come after every other; the limit is a property of the data (real windows' pair IoU, the
-        # validation split's as in round 9), not of the step
-        weights_of = [("ema", "Metrics/")] + ([("raw", "Metrics/raw/")] if r.best_raw else [])
-        candidates = [(too_alike(out.get(f"{pre}pair_iou", 0.0), out.get("Metrics/pair_iou/real", 0.0),
-                                 r.best_pair_iou), out[pre + figure], weights)
-                      for weights, pre in weights_of if math.isfinite(out.get(pre + figure, float("nan")))]
+        if self.sampling.has_val:
+            out.update(log_metrics(self.writer, self.family, self.nets, self.sampling, self.spec, self.root, step,
+                                   self.cfg, self.device))
+        if self.sampling.val_windows is not None:  # the family's own held-out figures (NLL, reconstruction)
+            val = self.family.validate(self.sampling.val_windows, nets=self.nets, device=self.device)
+            for k, v in val.items():
+                self.writer.add_scalar(k, v, step)
+            out.update(val)
+        if r.best_metric == "nll":  # early stopping on the validation windows' likelihood
+            candidates = [(False, out.get("Val/nll_per_frame", float("nan")), "ema")]
+        else:
+            figure = ("train/" if self.sampling.best_on == "train" else "") + r.best_metric
+            # (alike, figure, weights) of the moving average and, with run.best_raw, the raw weights; alike
+            # ones come after every other; the limit is a property of the data (real windows' pair IoU, the
+            # validation split's as in round 9), not of the step
+            weights_of = [("ema", "Metrics/")] + ([("raw", "Metrics/raw/")] if r.best_raw else [])
+            candidates = [(too_alike(out.get(f"{pre}pair_iou", 0.0), out.get("Metrics/pair_iou/real", 0.0),
+                                     r.best_pair_iou), out.get(pre + figure, float("nan")), weights)
+                          for weights, pre in weights_of]
+        candidates = [c for c in candidates if math.isfinite(c[1])]
         # main rank only (it alone scores), so no collective here: its own losses judge finiteness
-        if candidates and r.keep_best and r.metrics_every and healthy():
+        if candidates and self.sampling.best_on and healthy():
             alike, figure_value, weights = min(candidates)
             if self.best is None or (alike, figure_value) < (self.best.get("alike", False), self.best["overall"]):
                 self.best = {"step": step, "overall": figure_value, "alike": alike, "on": self.sampling.best_on,
@@ -141,9 +151,11 @@ class Monitor:
             note = (f"; the samples of every scored step were more alike than {r.best_pair_iou:g}x real windows"
                     if b.get("alike") else "")
             raw = " (the raw weights, not their moving average)" if b.get("weights") == "raw" else ""
-            log_line = (f"best.pt: step {b['step']}{raw}, training-time overall figure {b['overall']:.3f} "
-                        f"({r.metrics_samples} samples against the {SPLIT_WORDS[b.get('on', 'val')]} windows){note}: "
-                        f"{self.ckpt_dir / 'best.pt'}")
+            by = (f"validation NLL per frame {b['overall']:.4f} ({len(self.sampling.val_windows)} windows)"
+                  if b.get("metric") == "nll" else
+                  f"training-time {b.get('metric', 'overall')} figure {b['overall']:.3f} ({r.metrics_samples} samples "
+                  f"against the {SPLIT_WORDS[b.get('on', 'val')]} windows)")
+            log_line = f"best.pt: step {b['step']}{raw}, {by}{note}: {self.ckpt_dir / 'best.pt'}"
             self.log(log_line)
 
 
@@ -164,7 +176,7 @@ def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log
                             f"distances' sample size {FEATURE_SIZE}")
         net, line = find_network(root, train_shards.spec, train_shards.manifest)
     except UserError as e:
-        if cfg.run.best_metric != "overall":
+        if cfg.run.best_metric in ("kd", "fd"):
             raise UserError(f"run.best_metric={cfg.run.best_metric}: {e}") from None
         log(f"Metrics/kd and Metrics/fd are not logged: {e}")
         return None
@@ -186,6 +198,8 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarr
             log(f"{e}: the metrics against real data are skipped (set run.meter to one of them)")
             has_val = False
     best_on = cfg.run.best_on if has_val and cfg.run.keep_best and cfg.run.metrics_every else None
+    if cfg.run.best_metric == "nll":  # the validation windows' likelihood, whatever the sample metrics can do
+        best_on = "val" if len(val) and cfg.run.keep_best and cfg.run.metrics_every else None
     if best_on == "train" and not family.wants_real(**family.sample_options) and len(train_shards):
         try:
             same_meter(train_shards, meter_of(cfg.run.meter))
@@ -201,7 +215,7 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarr
     real_ref = train_shards.get_in_order(pick)  # a sample of the corpus in drawn order, not its first tunes
     out = Sampling(has_val=has_val, best_on=best_on, real_ref=real_ref, real_look=window_look(train_shards.records, pick),
                    real_stats=roll_stats(real_ref, train_shards.spec),
-                   val_windows=torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if has_val else None,
+                   val_windows=torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if len(val) else None,
                    features=out_features)
     if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
@@ -289,13 +303,10 @@ def log_metrics(writer, family, nets, sampling: Sampling, spec: RollSpec, root: 
     if cfg.run.best_raw and sampling.best_on:
         chosen_on.update(score_raw(writer, family, sampling, root, step, cfg, device, bar, meter, train_real))
     chosen_on.update(log_features(writer, rolls, sampling, root, step, meter, "Metrics/"))
-    val = family.validate(sampling.val_windows, nets=nets, device=device)
-    for k, v in val.items():
-        writer.add_scalar(k, v, step)
     return {"Metrics/overall": res["overall"], "Metrics/memorisation_above_0.8": mem["above_0.8"],
             "Metrics/pair_iou": res["diversity"]["generated_pair_iou"],
             "Metrics/pair_iou/real": res["diversity"]["real_pair_iou"], **chosen_on,
-            **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}, **val}
+            **{f"Metrics/{k}/gap": v["gap"] for k, v in res["metrics"].items()}}
 
 
 def log_features(writer, rolls: np.ndarray, sampling: Sampling, root: Path, step: int, meter, pre: str) -> dict:

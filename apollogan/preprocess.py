@@ -4,11 +4,14 @@
     python -m apollogan.preprocess my_midi/ --out chunks/mine --onset --transpose 2
     python -m apollogan.preprocess --parts tracks --out chunks/nottingham-parts   # melody and chords
     python -m apollogan.preprocess lpd_5_cleansed/ --out chunks/lpd5 --workers 8  # pypianoroll .npz files
+    python -m apollogan.preprocess Nottingham.mat --out chunks/nottingham-bench   # the likelihood benchmark
 
 Windows start on bar lines (the first downbeat at or after every ``hop`` steps), so bar
 metrics line up with the window. Files are split into train/val by name, never by window.
 Bad files are skipped with one line each and counted; the same input and options always
-give byte-identical shards. The decisions behind each step and their measurements are in
+give byte-identical shards. A benchmark file (.mat or .pickle: docs/benchmark.md) keeps its own
+train / valid / test split, as train / val / test windows plus the whole tunes of each split, on a
+grid of 2 steps per beat; a note outside the pitch window is an error, not a dropped note. The decisions behind each step and their measurements are in
 docs/data.md; the files written are described in docs/formats.md.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .benchmark import benchmark_shards, benchmark_summary, is_benchmark_file
 from .cli import UserError, bundled_data, find_midi_files, run
 from .data import DEFAULT_OUT, WindowOptions, default_workers, folder_lock, preprocess, summary
 from .spec import PART_MODES, RollSpec
@@ -28,7 +32,8 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--low", type=int, default=d.low, help="lowest MIDI pitch (default %(default)s)")
     g.add_argument("--pitches", type=int, default=d.pitches, help="number of pitch rows (default %(default)s)")
     g.add_argument("--steps", type=int, default=d.steps, help="time steps per window (default %(default)s)")
-    g.add_argument("--steps-per-beat", type=int, default=d.steps_per_beat, help="grid resolution (default %(default)s)")
+    g.add_argument("--steps-per-beat", type=int, help=f"grid resolution (default {d.steps_per_beat}; 2 for a "
+                   "benchmark file, whose frames are eighth notes)")
     g.add_argument("--onset", action="store_true", help="add an onset channel: shape [2, P, T]")
     g.add_argument("--out-of-range", choices=["drop", "fold"], default=d.out_of_range,
                    help="notes outside the pitch window: drop (counted) or fold by octaves")
@@ -47,7 +52,8 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
                         "matches, other tracks are left out, and files with a part empty are skipped")
 
 
-def spec_from_args(a) -> RollSpec:
+def spec_from_args(a, steps_per_beat: int | None = None) -> RollSpec:
+    """The spec the arguments ask for; ``steps_per_beat``: the input's own grid, which the option must not contradict."""
     for flag, given in (("--num-parts", a.num_parts is not None), ("--part-tracks", a.part_tracks)):
         if given and a.parts != "tracks":
             raise UserError(f"{flag}: only with --parts tracks (--parts {a.parts} has "
@@ -55,8 +61,12 @@ def spec_from_args(a) -> RollSpec:
     if a.part_tracks and a.num_parts not in (None, len(a.part_tracks)):
         raise UserError(f"--num-parts {a.num_parts}: --part-tracks gives {len(a.part_tracks)} parts")
     parts = {"merge": 1, "skyline": 2}.get(a.parts, len(a.part_tracks or ()) or a.num_parts or 2)
+    if steps_per_beat and a.steps_per_beat not in (None, steps_per_beat):
+        raise UserError(f"--steps-per-beat {a.steps_per_beat}: a benchmark file's frames are eighth notes, "
+                        f"{steps_per_beat} steps per beat")
     try:
-        return RollSpec(low=a.low, pitches=a.pitches, steps=a.steps, steps_per_beat=a.steps_per_beat,
+        return RollSpec(low=a.low, pitches=a.pitches, steps=a.steps,
+                        steps_per_beat=steps_per_beat or a.steps_per_beat or RollSpec().steps_per_beat,
                         onset=a.onset, out_of_range=a.out_of_range, parts=parts, part_mode=a.parts,
                         part_tracks=tuple(a.part_tracks or ()))
     except ValueError as e:
@@ -67,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apollogan.preprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", metavar="INPUT", help="MIDI files (.mid, .midi, .kar), pypianoroll .npz files "
-                    "or folders of them (default: bundled Nottingham full/)")
+                    "or folders of them (default: bundled Nottingham full/); or one benchmark file (.mat, .pickle)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes; 0 (the default): one per CPU core this process may use")
@@ -92,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if any(is_benchmark_file(p) for p in a.inputs):
+        return benchmark_main(a)
     spec = spec_from_args(a)
     if a.hop < 1 or a.workers < 0 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
         raise UserError("--hop and --shard-windows must be positive, --workers 0 or more and --val-fraction in [0, 1)")
@@ -107,6 +119,19 @@ def main(argv=None) -> int:
     print(summary(m))
     if not m["counts"]["converted"]:
         raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
+    return 0
+
+
+def benchmark_main(a) -> int:
+    if len(a.inputs) != 1:
+        raise UserError("a benchmark file (.mat, .pickle) is preprocessed alone: its splits are its own")
+    spec = spec_from_args(a, steps_per_beat=2)
+    if a.hop < 1 or a.shard_windows < 1:
+        raise UserError("--hop and --shard-windows must be positive")
+    print(f"{a.inputs[0]} -> {a.out}  spec {spec.describe()}", file=sys.stderr)
+    with folder_lock(a.out):
+        m = benchmark_shards(a.inputs[0], a.out, spec, a.hop, a.min_cells, a.shard_windows)
+    print(benchmark_summary(m))
     return 0
 
 

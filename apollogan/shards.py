@@ -179,6 +179,7 @@ def listed_files(manifest: dict) -> set[str]:
              for sh in split if isinstance(sh, dict)}
     names |= {e.get("file") for e in (manifest.get("records") or {}).values() if isinstance(e, dict)}
     names |= {manifest[k].get("file") for k in ("sources", "skipped") if isinstance(manifest.get(k), dict)}
+    names |= {e.get("file") for e in (manifest.get("tunes") or {}).values() if isinstance(e, dict)}
     return {n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")}
 
 
@@ -212,10 +213,10 @@ class ShardSet:
     """One split of a shard set, memory-mapped. ``get(indices)`` returns uint8 [n, C, P, T]."""
 
     def __init__(self, root, split: str = "train", spec: RollSpec | None = None, verify: bool = True):
-        if split not in SPLITS:
-            raise UserError(f"split must be one of {SPLITS}, not {split!r}")
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
+        if split not in self.manifest["shards"]:  # "test": a benchmark file's set (apollogan/benchmark.py)
+            raise UserError(f"{self.root}: no {split} split (it has {', '.join(self.manifest['shards'])})")
         self.spec = RollSpec.from_dict(self.manifest["spec"])
         if spec is not None and spec != self.spec:
             diff = {k: (v, getattr(self.spec, k)) for k, v in spec.to_dict().items() if getattr(self.spec, k) != v}

@@ -223,13 +223,17 @@ def training_shards(cfg: Config, ckpt: dict | None, env: Dist, log) -> ShardSet:
     return shards
 
 
-def build_networks(spec: RollSpec, cfg: Config, device, fmt) -> tuple:
-    """The family's networks, initialised from train.seed, on the device; their moving averages; optimisers."""
+def build_networks(spec: RollSpec, cfg: Config, device, fmt, data=None) -> tuple:
+    """The family's networks, initialised from train.seed, on the device; their moving averages; optimisers.
+    ``data``: (train shards, usable indices) of a new run, for a family that learns something from the data
+    before its first step (``prepare``: the token output's vocabulary); a resumed run has it in its checkpoint."""
     torch.manual_seed(cfg.train.seed)
     try:
         family = build_family(spec, cfg)
     except ValueError as e:
         raise UserError(f"{cfg.data.root}: its rolls do not fit the model: {e}") from None
+    if data is not None and hasattr(family, "prepare"):
+        family.prepare(*data)
     for m in family.modules.values():
         m.to(device)
         m.to(memory_format=fmt)
@@ -296,7 +300,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
     shards = training_shards(cfg, ckpt, env, log)
     spec = shards.spec
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
-    family, ema, opts = build_networks(spec, cfg, device, fmt)
+    usable = train_windows(shards, cfg.data.meter)
+    family, ema, opts = build_networks(spec, cfg, device, fmt, None if ckpt else (shards, usable))
     base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in opts.items()}  # the config's, before a checkpoint's
     gen = torch.Generator(device).manual_seed(t.seed * 7919 + env.rank)  # every draw of the training steps
     step = batches = 0
@@ -313,7 +318,6 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
     nets, no_sync = wrap(family.modules, env, t.compile)
     bf16 = use_bf16(cfg, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    usable = train_windows(shards, cfg.data.meter)
     stream = BatchStream(len(usable), t.batch_size, t.seed, env.rank, env.world)
 
     def real_batch():

@@ -143,7 +143,7 @@ def test_frame_accuracy_counts_and_nll_of_a_coin():
     # frames [1, 2, 3]: truth and prediction over 3 cells of the sustain channel, one extra (onset) cell ignored
     truth = torch.tensor([[[1.0, 0, 0, 1], [1, 1, 0, 0]]])
     logits = torch.tensor([[[5.0, 5, -5, -5], [-5, 5, -5, 5]]])
-    tp, fp, fn = frame_counts(logits, truth, cells=3).tolist()
+    tp, fp, fn = frame_counts(logits >= 0, truth, cells=3).tolist()
     assert (tp, fp, fn) == (2, 1, 1)  # Bay et al.: accuracy 2 / 4
     fam = build_family(RollSpec(), load_config(None, ["model.family=lstm", "model.hidden=4", "model.layers=1"]))
     with torch.no_grad():
