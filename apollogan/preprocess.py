@@ -11,8 +11,9 @@ metrics line up with the window. Files are split into train/val by name, never b
 Bad files are skipped with one line each and counted; the same input and options always
 give byte-identical shards. A benchmark file (.mat or .pickle: docs/benchmark.md) keeps its own
 train / valid / test split, as train / val / test windows plus the whole tunes of each split, on a
-grid of 2 steps per beat; a note outside the pitch window is an error, not a dropped note. The decisions behind each step and their measurements are in
-docs/data.md; the files written are described in docs/formats.md.
+grid of 2 steps per beat; a note outside the pitch window is an error, not a dropped note.
+The decisions behind each step and their measurements are in docs/data.md; the files written
+are described in docs/formats.md.
 """
 from __future__ import annotations
 

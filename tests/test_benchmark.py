@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from test_families import QUIET, tiny
 
 from apollogan.benchmark import baselines, benchmark_shards, read_benchmark, read_tunes, tune_likelihood
 from apollogan.checkpoint import family_from_checkpoint, load_checkpoint
@@ -21,8 +22,6 @@ from apollogan.preprocess import main as preprocess
 from apollogan.shards import ShardSet
 from apollogan.spec import RollSpec
 from apollogan.train import train
-
-from test_families import QUIET, tiny
 
 
 def tune(frames: int, shift: int) -> list[list[int]]:

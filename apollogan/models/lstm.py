@@ -20,7 +20,6 @@ probable cells (bernoulli) or tokens (tokens) holding the share p of the mass.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
