@@ -27,6 +27,7 @@ submitit; --executor submitit-local runs the same path on this machine, without 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import itertools
@@ -34,8 +35,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ import yaml
 from tqdm import tqdm
 
 from .arguments import evaluate_parser
-from .cli import REPO_ROOT, UserError, atomic_write_bytes, atomic_write_json, run
+from .cli import REPO_ROOT, UserError, atomic_write_bytes, atomic_write_json, run, stopped
 from .config import load_config
 from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import read_manifest
@@ -340,7 +343,40 @@ def _finished(job: Job) -> dict | None:
     return final if final.get("steps") == job.steps else None
 
 
-def _call(cmd: list[str], log: Path, job: Job) -> None:
+class LocalStop:
+    """Ctrl-C or SIGTERM of a local ablation. The runs go in sessions of their own, so that a Ctrl-C at the
+    terminal reaches this process alone; it passes the signal on to each running run once (each stops between
+    two steps and saves) and starts no other. A second Ctrl-C is passed on too: the runs stop at once."""
+
+    def __init__(self):
+        self.signal, self.procs, self.lock = None, set(), threading.Lock()
+
+    def handler(self, signum, frame):
+        self.signal = signum
+        with self.lock:
+            procs = list(self.procs)
+        for p in procs:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signum)
+
+    def popen(self, cmd, **kwargs) -> int:
+        with self.lock:
+            if self.signal is not None:
+                raise _Stopped("stopped before it started")
+            p = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self.procs.add(p)
+        try:
+            return p.wait()
+        finally:
+            with self.lock:
+                self.procs.discard(p)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _call(cmd: list[str], log: Path, job: Job, stop: LocalStop | None = None) -> None:
     env = dict(os.environ)
     if job.threads:  # J runs side by side share the cores instead of each taking all of them
         env.update(OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
@@ -348,31 +384,38 @@ def _call(cmd: list[str], log: Path, job: Job) -> None:
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        code = subprocess.call(cmd, cwd=job.cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        kw = dict(cwd=job.cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        code = stop.popen(cmd, **kw) if stop else subprocess.call(cmd, **kw)
+    if code and stop is not None and stop.signal is not None:
+        raise _Stopped(f"{cmd[2].split('.')[-1]} stopped (exit {code})")
     if code:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
         raise RuntimeError(f"{cmd[2]} exited with {code}: {tail[0] if tail else 'no output'} (log: {log})")
 
 
-def run_job(job: Job) -> dict:
+def run_job(job: Job, stop: LocalStop | None = None) -> dict:
     """Train (or resume) and evaluate one cell x seed; returns its final figures (module level, so
-    submitit can pickle it). Failures come back as {"failed": reason}."""
+    submitit can pickle it). Failures come back as {"failed": reason}, a run stopped by ``stop`` (a local
+    ablation's Ctrl-C) as {"stopped": reason, "started": whether it had begun}."""
     try:
         done = _finished(job)
         if done:
             return {**done, "skipped": True}
+        if stop is not None and stop.signal is not None:
+            return {"stopped": f"{job.run}: not started", "started": False, "run": job.run, "cell": job.cell,
+                    "seed": job.seed}
         run_dir, ckpt = Path(job.cwd, job.run_dir), Path(job.cwd, job.ckpt_dir)
         t0 = time.perf_counter()
         if (ckpt / "last.pt").exists():  # an interrupted run, or one continued to more steps
             begun = run_dir / "config.yaml"
             _same_config(job, yaml.safe_load(begun.read_text()) if begun.is_file() else None, begun)
-            _call(job.resume_cmd, run_dir / "train.log", job)
+            _call(job.resume_cmd, run_dir / "train.log", job, stop)
         else:  # a run that never saved leaves nothing worth keeping
             for folder in (run_dir, ckpt):
                 if folder.exists():
                     for p in sorted(folder.rglob("*"), reverse=True):
                         p.rmdir() if p.is_dir() else p.unlink()
-            _call(job.train_cmd, run_dir / "train.log", job)
+            _call(job.train_cmd, run_dir / "train.log", job, stop)
         wall_file = run_dir / "wall.json"
         wall = json.loads(wall_file.read_text())["train_s"] if wall_file.exists() else 0.0
         atomic_write_json(wall_file, {"train_s": wall + time.perf_counter() - t0})
@@ -380,7 +423,7 @@ def run_job(job: Job) -> dict:
         if trained["steps"] > job.steps or (trained["steps"] < job.steps and trained.get("stopped_by") != "time_limit"):
             raise RuntimeError(f"the checkpoint has {trained['steps']} steps, the ablation asks for {job.steps}; "
                                f"remove {job.run_dir} and {job.ckpt_dir} to run it again")
-        _call(job.eval_cmd, run_dir / "evaluate.log", job)
+        _call(job.eval_cmd, run_dir / "evaluate.log", job, stop)
         ev = json.loads((run_dir / "evaluate.json").read_text())
         final = {"ablation": job.ablation, "cell": job.cell, "seed": job.seed, "run": job.run,
                  "overrides": job.overrides, "evaluate_args": job.eval_args, "evaluated_checkpoint": job.eval_checkpoint,
@@ -392,6 +435,8 @@ def run_job(job: Job) -> dict:
         _log_hparams(run_dir / "final", job, final)
         atomic_write_json(run_dir / "final.json", final)
         return final
+    except _Stopped as e:
+        return {"stopped": f"{job.run}: {e}", "started": True, "run": job.run, "cell": job.cell, "seed": job.seed}
     except (RuntimeError, UserError, OSError, ValueError, KeyError) as e:
         return {"failed": f"{job.run}: {e}", "run": job.run, "cell": job.cell, "seed": job.seed}
 
@@ -521,18 +566,26 @@ def summary(ab: Ablation, finals: list[dict], failed: list[dict]) -> str:
 
 # --- executors ---------------------------------------------------------------------------------
 
-def run_local(jobs: list[Job], parallel: int) -> list[dict]:
-    results = []
+def run_local(jobs: list[Job], parallel: int) -> tuple[list[dict], int | None]:
+    """The runs, ``parallel`` at a time; and the signal that stopped them (None: not stopped)."""
+    results, stop = [], LocalStop()
     bar = tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(run_job, j): j for j in jobs}
-        for fut in as_completed(futures):
-            res = fut.result()
-            results.append(res)
-            bar.write(_line(res))
-            bar.update()
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {pool.submit(run_job, j, stop): j for j in jobs}
+            for fut in as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                if "stopped" not in res or res["started"]:
+                    bar.write(_line(res))
+                bar.update()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     bar.close()
-    return results
+    return results, stop.signal
 
 
 def run_submitit(jobs: list[Job], folder: Path, a) -> list[dict]:
@@ -569,6 +622,8 @@ def run_submitit(jobs: list[Job], folder: Path, a) -> list[dict]:
 def _line(res: dict) -> str:
     if "failed" in res:
         return f"failed {res['failed']}"
+    if "stopped" in res:
+        return f"stopped {res['stopped']}"
     ev = res["evaluation"]
     how = "finished before" if res.get("skipped") else f"{res['wall_s'] / 60:.1f} min"
     return f"{res['run']}: {how}, overall {ev['overall']:.3f}"
@@ -626,14 +681,24 @@ def main(argv=None) -> int:
     side_by_side = (a.jobs or 1) if a.executor == "local" else 1  # a submitit task has its cores to itself
     jobs = plan(ab, build_data=True, jobs=side_by_side)
     print(_scope(ab, len(jobs)), file=sys.stderr)
+    stopped_by = None
     if a.executor == "local":
-        results = run_local(jobs, side_by_side)
+        results, stopped_by = run_local(jobs, side_by_side)
     else:
         results = run_submitit(jobs, ab.runs_dir / "submitit", a)
     order = {(j.cell, j.seed): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r["cell"], r["seed"])])
-    finals = [r for r in results if "failed" not in r]
+    finals = [r for r in results if "failed" not in r and "stopped" not in r]
     failed = [r for r in results if "failed" in r]
+    if stopped_by is not None:
+        halted = [r for r in results if "stopped" in r and r["started"]]
+        waiting = [r for r in results if "stopped" in r and not r["started"]]
+        if finals:
+            write_csv([result_row(f) for f in finals], ab.runs_dir / "results.csv")
+        print(f"stopped: {len(finals)} of {len(jobs)} runs finished, {len(halted)} stopped and saved "
+              f"({', '.join(r['run'] for r in halted) or 'none'}), {len(waiting)} not started; the same command "
+              f"resumes them", file=sys.stderr)
+        raise stopped({"signal": stopped_by})
     if finals:
         write_csv([result_row(f) for f in finals], ab.runs_dir / "results.csv")
     atomic_write_bytes(ab.runs_dir / "summary.md", summary(ab, finals, failed).encode())

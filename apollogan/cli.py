@@ -1,6 +1,7 @@
 """What every command shares: one-line errors, atomic writes, finding MIDI files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -17,6 +18,42 @@ class UserError(Exception):
     """A problem the user can fix; reported as one line, never a traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm and most schedulers send before a kill), taken like Ctrl-C; exit status 143."""
+
+
+@contextlib.contextmanager
+def stop_flag(enabled: bool = True):
+    """While the block runs, SIGINT (Ctrl-C) and SIGTERM only set the flag it yields ({"signal": number}), so
+    that a loop can stop between two steps; a second Ctrl-C interrupts at once. Outside the main thread, or
+    not ``enabled``, the signals keep their usual effect."""
+    import signal
+    import threading
+
+    flag = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: now
+        flag["signal"] = signum
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def stopped(flag: dict) -> KeyboardInterrupt:
+    """The exception a stop flag's signal ends a command with: Terminated for SIGTERM, else KeyboardInterrupt."""
+    import signal
+
+    return Terminated() if flag.get("signal") == signal.SIGTERM else KeyboardInterrupt()
+
+
 def run(main) -> None:
     """Call ``main()`` and turn user errors and Ctrl-C into one line and an exit code."""
     try:
@@ -25,6 +62,9 @@ def run(main) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import sys
 from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -202,6 +203,26 @@ def _progress(total: int, show: bool):
     return tqdm(total=total, unit="file", desc="preprocess", file=sys.stderr)
 
 
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them: no traceback from each of them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down without waiting for work nobody will read (an interrupt or an error), killing its
+    workers: a finished run has none busy, an interrupted one must not wait for them."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(OSError, ValueError):
+            p.kill()
+    for p in procs:
+        with contextlib.suppress(OSError, ValueError):
+            p.join(5)
+
+
 def _convert_many(jobs: list) -> list:
     return [_convert_job(j) for j in jobs]
 
@@ -237,7 +258,8 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         sources, skipped = JsonLines(out, tag + SOURCES), JsonLines(out, tag + SKIPPED)
         parts = list(writers.values()) + [sources, skipped]
         workers = max(workers, 1)
-        pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init) \
+            if workers > 1 else None
         # Bounded batches keep memory flat however many files and workers there are; the next batch is
         # queued before this one is written, so workers never wait for the writing.
         pending = deque()
@@ -253,7 +275,7 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
                 size = max(1, min(128, (len(files) - lo - i) // (4 * workers)))
                 tasks.append(chunk[i:i + size])
                 i += size
-            return chunk, chain.from_iterable(pool.imap(_convert_many, tasks))
+            return chunk, chain.from_iterable(pool.map(_convert_many, tasks))
 
         def take(chunk, results):
             for (path, _, split, _, _), res in zip(chunk, results):
@@ -291,7 +313,7 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
     finally:
         bar.close()
         if pool:
-            pool.terminate()
+            _stop_workers(pool)
     manifest = {
         "format": FORMAT, "version": VERSION, "apollogan": __version__, "generation": generation,
         "spec": spec.to_dict(), "channels": spec.channel_names, "packing": "packbits",

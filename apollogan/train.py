@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint, restore, rng_state, save_checkpoint
-from .cli import UserError, run
+from .cli import Terminated, UserError, run, stop_flag, stopped
 from .config import Config, RunConfig, config_keys, load_config, meter_of
 from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .distributed import Dist, barrier, broadcast, first_bad_step, gather, setup_distributed, shutdown, wrap
@@ -353,7 +353,10 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
         if bad >= 0:
             raise NonFiniteLoss(f"non-finite loss at step {bad}; the last good checkpoint is {ckpt_dir / 'last.pt'}")
 
-    first_bad, interval, final = torch.tensor(-1, device=device), Interval(step), {}
+    # Ctrl-C and SIGTERM stop the run between two steps, so that the checkpoint saved holds whole steps and
+    # resumes exactly (one process; several are stopped the old way, issue of many processes)
+    flag = hold.enter_context(stop_flag(env.world == 1))
+    first_bad, interval, final, between = torch.tensor(-1, device=device), Interval(step), {}, False
     bar = tqdm(total=t.steps, initial=step, desc=run_name, unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     try:
@@ -391,13 +394,20 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
                     save()
             if last:
                 break
-    except KeyboardInterrupt:
+            if flag["signal"] is not None:
+                between = True
+                raise stopped(flag)
+    except KeyboardInterrupt as e:
         bar.close()
-        # Ranks may be interrupted at different points, so no collective here: under DDP rank 0 saves
-        # its own copy of the (synchronised) weights, judged finite by its own losses.
-        if int(first_bad) < 0:
+        # One process stops between two steps only (a second Ctrl-C stops at once: nothing is saved then, as
+        # a step may be half done). Ranks may be interrupted at different points, so no collective here: under
+        # DDP rank 0 saves its own copy of the (synchronised) weights, judged finite by its own losses.
+        if env.world == 1 and not between:
+            log(f"stopped during step {step + 1}; the last checkpoint is {ckpt_dir / 'last.pt'}")
+        elif int(first_bad) < 0:
             save(gather_rngs=env.world == 1)
-            log(f"interrupted at step {step}; saved {ckpt_dir / 'last.pt'} - resume with --resume {run_name}")
+            what = "terminated" if isinstance(e, Terminated) else "interrupted"
+            log(f"{what} at step {step}; saved {ckpt_dir / 'last.pt'} - resume with --resume {run_name}")
         raise
     except NonFiniteLoss as e:
         bar.close()

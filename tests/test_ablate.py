@@ -349,3 +349,41 @@ def test_nearest_upsampling_generator_keeps_the_shapes_without_transposed_convol
 
     g, _ = build_models(spec, cfg.model)
     assert "Upsample" in kinds(g) and g.binary == "deterministic"  # the config reaches the built generator
+
+
+def test_ctrl_c_stops_a_local_ablation_saves_the_running_run_and_starts_no_other(tmp_path, chunks):
+    import signal
+    import time
+
+    f = write(tmp_path / "long.yaml", f"""
+base: configs/quick.yaml
+seeds: 2
+steps: 5000
+overrides: [data.root={chunks}, data.key_normalize=false, model.width=4, model.d_width=4, train.batch_size=4,
+            run.log_every=10, run.sample_every=5000, run.checkpoint_every=20, run.metrics_every=0, run.num_samples=4,
+            run.audio_samples=1]
+evaluate: {{num: 16}}
+variants: {{a: []}}
+""")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "apollogan.ablate", str(f)], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ck = tmp_path / "checkpoints" / "ablations" / "long"
+    runs = tmp_path / "runs" / "ablations" / "long"
+    try:
+        deadline = time.time() + 300
+        while not list(ck.glob("a-s0/step-*.pt")) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        p.send_signal(signal.SIGINT)  # to the runner alone, as a terminal's Ctrl-C now reaches it
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err[-2000:]
+        assert "stopped: 0 of 2 runs finished, 1 stopped and saved (a-s0), 1 not started" in err, err[-2000:]
+        assert "Traceback" not in err
+        step = torch.load(ck / "a-s0" / "last.pt", weights_only=True)["step"]
+        assert 20 <= step < 5000  # saved when it stopped, between two steps
+        assert "interrupted at step" in (runs / "a-s0" / "train.log").read_text()
+        assert not (ck / "a-s1").exists() and not (runs / "a-s1").exists()
+    finally:
+        if p.poll() is None:
+            p.kill()

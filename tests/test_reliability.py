@@ -135,3 +135,39 @@ def test_a_rebuild_replaces_the_set_and_removes_only_what_its_manifest_listed(tm
     assert not listed_files(first) & names  # the old set's files went, once the new one was complete
     assert listed_files(second) <= names and second["generation"] == 1
     assert len(ShardSet(out, "train", verify=True)) == second["counts"]["windows"]["train"]
+
+
+def start(module, *args, cwd=None):
+    """A command in a session of its own, as a terminal starts it: a signal to its group reaches every worker."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_ctrl_c_in_a_multi_worker_preprocess_stops_in_one_line_and_leaves_nothing(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    p = start("apollogan.preprocess", "--out", out, "--workers", "2", "--quiet", "--transpose", "12",
+              "--time-shifts", *range(1, 9))
+    deadline = time.time() + 60
+    while not (out.is_dir() and any(out.iterdir())) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the parent and both workers get it
+    t0 = time.time()
+    _, err = p.communicate(timeout=60)
+    assert time.time() - t0 < 20
+    if p.returncode == 0:
+        pytest.skip("the run finished before the interrupt came")
+    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and len(err.strip().splitlines()) <= 2, err
+    assert sorted(os.listdir(out)) == []  # no shard, no temporary file, no manifest

@@ -296,25 +296,65 @@ def test_ema_warm_up_then_the_configured_decay():
     assert ema_decay_at(0.999, 100_000) == 0.999
 
 
-def test_ctrl_c_saves_the_current_step_and_resume_continues(tmp_path, chunks, monkeypatch):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_between_steps_and_resume_bit_exactly(tmp_path, chunks, monkeypatch, sig):
+    import os
+    import signal
+
+    import apollogan.models.gan as tr
+    from apollogan.cli import Terminated
+
+    straight = load_checkpoint(train(tiny(tmp_path / "a", chunks), **QUIET)["checkpoint"])
+    real = tr.generator_loss
+    calls = {"n": 0}
+
+    def signalled(kind, fake):  # the signal comes in the middle of step 5, after D's update
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), getattr(signal, sig))
+        return real(kind, fake)
+    monkeypatch.setattr(tr, "generator_loss", signalled)
+    lines = []
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(tiny(tmp_path / "b", chunks, "run.checkpoint_every=100"), log=lines.append, progress=False)
+    assert isinstance(info.value, Terminated) == (sig == "SIGTERM")
+    last = tmp_path / "b" / "ckpt" / "t-001" / "last.pt"
+    assert load_checkpoint(last)["step"] == 5  # step 5 finished, then the run stopped and saved
+    assert any(f"at step 5; saved {last}" in line for line in lines)
+    monkeypatch.setattr(tr, "generator_loss", real)
+    out = train(tiny(tmp_path / "b", chunks), resume=last, **QUIET)
+    resumed = load_checkpoint(out["checkpoint"])
+    assert resumed["step"] == 6 and out["run_name"] == "t-001"
+    for part in ("modules", "ema", "optimizers"):
+        for name in straight[part]:
+            a, b = straight[part][name], resumed[part][name]
+            if part == "optimizers":
+                a, b = a["state"], b["state"]
+                assert all(torch.equal(a[k][f], b[k][f]) for k in a for f in a[k]), name
+            else:
+                assert all(torch.equal(a[k], b[k]) for k in a), (part, name)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_a_second_ctrl_c_stops_at_once_and_saves_no_half_step(tmp_path, chunks, monkeypatch):
+    import os
+    import signal
+
     import apollogan.models.gan as tr
 
     real = tr.generator_loss
     calls = {"n": 0}
 
-    def interrupted(kind, fake):
+    def twice(kind, fake):
         calls["n"] += 1
         if calls["n"] == 5:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second raises here, in the middle of the step
         return real(kind, fake)
-    monkeypatch.setattr(tr, "generator_loss", interrupted)
+    monkeypatch.setattr(tr, "generator_loss", twice)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tmp_path, chunks), **QUIET)
-    last = tmp_path / "ckpt" / "t-001" / "last.pt"
-    assert load_checkpoint(last)["step"] == 4
-    monkeypatch.setattr(tr, "generator_loss", real)
-    out = train(tiny(tmp_path, chunks), resume=last, **QUIET)
-    assert load_checkpoint(out["checkpoint"])["step"] == 6 and out["run_name"] == "t-001"
+    assert load_checkpoint(tmp_path / "ckpt" / "t-001" / "last.pt")["step"] == 3  # the last whole checkpoint
 
 
 def test_unusable_roll_shape_and_unwritable_output_are_one_line(tmp_path, chunks):
