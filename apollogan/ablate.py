@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from .arguments import evaluate_parser
 from .cli import REPO_ROOT, UserError, atomic_write_bytes, atomic_write_json, run, stopped
-from .config import load_config
+from .config import load_config, read_yaml
 from .data import DEFAULT_OUT, bundled_root, data_mismatch, ensure_shards
 from .shards import read_manifest
 
@@ -114,9 +114,14 @@ class Job:
 
 # --- the ablation file ---------------------------------------------------------------------------
 
+SEED_RULE = "train.seed is set by the runner for every run (seeds come from `seeds:` and `first_seed:`)"
+
+
 def _override(where: str, key: str, value) -> str:
     if not isinstance(key, str) or "." not in key:
         raise UserError(f"{where}: {key!r} is not a config key such as train.loss")
+    if key == "train.seed":  # the runner's own train.seed would win over it
+        raise UserError(f"{where}: {SEED_RULE}")
     text = value if isinstance(value, str) else json.dumps(value)
     return f"{key}={text}"
 
@@ -124,6 +129,9 @@ def _override(where: str, key: str, value) -> str:
 def _overrides(where: str, items) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(x, str) and "=" in x for x in items):
         raise UserError(f"{where}: expected a list of KEY=VALUE strings, for example [train.loss=hinge]")
+    for x in items:
+        if x.partition("=")[0].strip() == "train.seed":
+            raise UserError(f"{where}: {x}: {SEED_RULE}")
     return list(items)
 
 
@@ -144,14 +152,7 @@ def _eval_args(where: str, args: list[str]) -> list[str]:
 
 def load_ablation(path: Path, seeds: int | None = None, steps: int | None = None) -> Ablation:
     """Read and check an ablation file; cells are checked against the config (one line per problem)."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file") from None
-    except OSError as e:
-        raise UserError(f"{path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = read_yaml(path)
     if isinstance(doc, dict) and doc and set(doc) <= {"data", "model", "train", "run"}:
         raise UserError(f"{path}: a training preset (python -m apollogan.train --config {path}); an ablation "
                         f"file names one as `base:` and lists its cells")

@@ -4,7 +4,9 @@ Unknown keys and values of the wrong type stop with one line naming the key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,13 +140,16 @@ def _coerce(key: str, value, typ):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # nan slips through every range check after it
+                raise UserError(f"{key}: expected a finite number, got {value!r}")
+            return number
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -185,6 +190,34 @@ def _layer_family(where: str, doc: dict) -> str | None:
     return family if family is not None or where != "checkpoint" else "dcgan"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (where the last would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (line "
+                                                        f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path):
+    """A YAML file's document, safely: an unreadable file, text that is not YAML (or not text) and a key given
+    twice are each one line (UserError)."""
+    try:
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
+    except yaml.YAMLError as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
+        raise UserError(f"{path}: not valid YAML ({'; '.join(lines[:2]) or type(e).__name__})") from None
+
+
 def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     """Defaults <- ``base`` (a stored config) <- YAML file <- KEY=VALUE overrides.
 
@@ -197,12 +230,7 @@ def load_config(path=None, overrides=(), base: dict | None = None) -> Config:
     if base:
         layers.append(("checkpoint", base))
     if path:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise UserError(f"{path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        doc = read_yaml(path) or {}
         if not isinstance(doc, dict):
             raise UserError(f"{path}: expected a mapping of sections")
         layers.append((str(path), doc))
@@ -254,7 +282,7 @@ def config_keys(path) -> set[str]:
     """The SECTION.KEY names a YAML preset sets (none without one)."""
     if not path:
         return set()
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    doc = read_yaml(path) or {}
     return {f"{s}.{k}" for s, v in doc.items() if isinstance(v, dict) for k in v}
 
 
@@ -292,6 +320,16 @@ def validate(cfg: Config) -> None:
         if getattr(t, name) != getattr(defaults, name):
             kind = f"a GAN option ({', '.join(GAN_FAMILIES)})" if not gan else "not an option of the GAN families"
             raise UserError(f"train.{name}: {kind}; model.family is {m.family}")
+    for name in ("lr", "lr_g", "lr_d"):
+        if getattr(t, name) <= 0:
+            raise UserError(f"train.{name}: must be a learning rate > 0, not {getattr(t, name)}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(t, name) < 1:
+            raise UserError(f"train.{name}: Adam's {name} must be in [0, 1), not {getattr(t, name)}")
+    if t.seed < 0:
+        raise UserError(f"train.seed: must be >= 0 (torch and numpy seeds are unsigned), not {t.seed}")
+    if t.gp_weight < 0 or t.feature_matching < 0:
+        raise UserError("train.gp_weight and train.feature_matching: must be >= 0")
     if not 0 <= t.lr_decay <= 1:
         raise UserError("train.lr_decay: must be in [0, 1] (the last fraction of the steps; 0 is off)")
     if not 0 <= t.ema_decay < 1:

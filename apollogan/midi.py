@@ -8,6 +8,8 @@ tempo changes need no special case: a beat is a quarter note whatever the meter 
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +134,18 @@ def check_length(beats: float, max_beats: int) -> None:
         raise MidiError(f"absurd length: {beats:.0f} beats (limit {max_beats})")
 
 
+def check_regular(path) -> None:
+    """Only regular files are read: a FIFO or a device named x.mid would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise MidiError(f"unreadable: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise MidiError("not a regular file (a FIFO, socket or device)")
+
+
 def read_bytes(path) -> bytes:
+    check_regular(path)
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -182,6 +195,9 @@ def score_to_song(score: symusic.Score, spec: RollSpec, max_beats: int = DEFAULT
     meters[:, 0], meters[:, 1], meters[:, 2] = ts["time"], ts["numerator"], ts["denominator"]
     tempos = score.tempos.numpy()
     tempo = 60_000_000.0 / float(tempos["mspq"][0]) if len(tempos["mspq"]) else 120.0
+    # before get_downbeats(), which allocates per beat up to the last event: one note held for 2^28 ticks
+    # would take gigabytes there
+    check_length(score.end() / max(score.ticks_per_quarter, 1), max_beats)
     return build_song(tracks, score.ticks_per_quarter, meters, np.asarray(score.get_downbeats()), tempo, spec,
                       max_beats)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .midi import DEFAULT_MAX_BEATS, MidiError, Song, SourceTrack, build_song, check_length
+from .midi import DEFAULT_MAX_BEATS, MidiError, Song, SourceTrack, build_song, check_length, check_regular
 from .spec import RollSpec
 
 NPZ_SUFFIX = ".npz"
@@ -113,6 +113,7 @@ def _check_length(path, max_beats: int) -> None:
 def read_npz_song(path, spec: RollSpec, max_beats: int = DEFAULT_MAX_BEATS) -> Song:
     """One Multitrack .npz file onto the spec's grid; raises MidiError with the reason it can't.
     Any non-zero cell sounds (velocities, booleans, or floats above 0)."""
+    check_regular(path)
     mt = _load(path, max_beats)
     res = mt.resolution
     if not isinstance(res, (int, np.integer)) or res <= 0:

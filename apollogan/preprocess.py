@@ -53,8 +53,14 @@ def add_spec_args(ap: argparse.ArgumentParser) -> None:
                         "matches, other tracks are left out, and files with a part empty are skipped")
 
 
+MAX_STEPS, MAX_STEPS_PER_BEAT = 16384, 96  # a window of 1,024 bars of 4/4 at 4 steps per beat; a fine MIDI grid
+
+
 def spec_from_args(a, steps_per_beat: int | None = None) -> RollSpec:
     """The spec the arguments ask for; ``steps_per_beat``: the input's own grid, which the option must not contradict."""
+    if not 1 <= a.steps <= MAX_STEPS or not 1 <= (a.steps_per_beat or 1) <= MAX_STEPS_PER_BEAT:
+        raise UserError(f"--steps must be in 1..{MAX_STEPS} and --steps-per-beat in 1..{MAX_STEPS_PER_BEAT} "
+                        f"(a window is held in memory per file, and written per window)")
     for flag, given in (("--num-parts", a.num_parts is not None), ("--part-tracks", a.part_tracks)):
         if given and a.parts != "tracks":
             raise UserError(f"{flag}: only with --parts tracks (--parts {a.parts} has "
@@ -108,6 +114,8 @@ def main(argv=None) -> int:
     spec = spec_from_args(a)
     if a.hop < 1 or a.workers < 0 or a.shard_windows < 1 or not 0 <= a.val_fraction < 1:
         raise UserError("--hop and --shard-windows must be positive, --workers 0 or more and --val-fraction in [0, 1)")
+    if a.seed < 0 or a.transpose < 0 or a.transpose_range < 0 or a.min_cells < 0 or a.max_beats < 1:
+        raise UserError("--seed, --transpose, --transpose-range and --min-cells must be 0 or more, --max-beats positive")
     opt = WindowOptions(a.hop, a.min_cells, a.transpose, a.transpose_range, tuple(a.time_shifts),
                         a.val_fraction, a.seed, a.max_beats, a.key_normalize)
     files = find_midi_files(a.inputs or [bundled_data()])

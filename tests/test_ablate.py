@@ -387,3 +387,11 @@ variants: {{a: []}}
     finally:
         if p.poll() is None:
             p.kill()
+
+
+@pytest.mark.parametrize("body", ["grid: {train.seed: [3, 7]}", "variants: {a: [train.seed=3]}",
+                                  "overrides: [train.seed=3]\nvariants: {a: []}"])
+def test_a_seed_in_the_cells_is_refused_since_the_runner_sets_it(tmp_path, body):
+    f = write(tmp_path / "seeds.yaml", f"base: configs/quick.yaml\n{body}\n")
+    with pytest.raises(UserError, match="train.seed is set by the runner for every run"):
+        load_ablation(f)

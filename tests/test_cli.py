@@ -1,5 +1,6 @@
 """The data commands as a user runs them: decode, describe, and --help everywhere."""
 import os
+import re
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from apollogan.cli import find_midi_files
+from apollogan.cli import UserError, find_midi_files
 from apollogan.data import WindowOptions, preprocess
 from apollogan.midi import read_song
 from apollogan.shards import ShardSet
@@ -72,3 +73,31 @@ def test_a_broken_pipe_other_than_stdout_is_an_error():
             "run(main)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stdout == "started\n" and r.stderr == "error: I/O: Broken pipe\n"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr_g=nan", "train.lr_g: expected a finite number, got 'nan'"),
+    ("train.lr_g=-1", "train.lr_g: must be a learning rate > 0"),
+    ("train.beta1=2", "train.beta1: Adam's beta1 must be in [0, 1)"),
+    ("train.r1=nan", "train.r1: expected a finite number"),
+    ("train.r1=.inf", "train.r1: expected a finite number"),
+    ("train.seed=-1", "train.seed: must be >= 0"),
+])
+def test_bad_training_values_are_one_line(override, message):
+    from apollogan.config import load_config
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_a_binary_config_and_a_key_given_twice_are_one_line(tmp_path):
+    from apollogan.config import load_config
+
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="not a text file"):
+        load_config(junk)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  steps: 5\n  steps: 7\n")
+    with pytest.raises(UserError, match=r"key 'steps' given twice \(line 3\)"):
+        load_config(twice)

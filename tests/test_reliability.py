@@ -1,5 +1,6 @@
 """Faults that must not lose a user's work: where a resumed run writes, run names, runs at once."""
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,54 @@ def test_ctrl_c_in_a_multi_worker_preprocess_stops_in_one_line_and_leaves_nothin
     assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == "interrupted" and len(err.strip().splitlines()) <= 2, err
     assert sorted(os.listdir(out)) == []  # no shard, no temporary file, no manifest
+
+
+def test_a_tiny_file_with_an_endless_note_is_skipped_in_bounded_memory_and_time(tmp_path):
+    import struct
+    import time
+
+    from apollogan.midi import MidiError, read_song
+    from apollogan.spec import RollSpec
+
+    # 37 bytes: one note-on at tick 0, its note-off 0x0FFFFFFF ticks later, end of track
+    track = b"\x00\x90\x3c\x40" + b"\xff\xff\xff\x7f" + b"\x80\x3c\x00" + b"\x00\xff\x2f\x00"
+    data = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 96) + b"MTrk" + struct.pack(">I", len(track)) + track
+    assert len(data) == 37
+    path = tmp_path / "long.mid"
+    path.write_bytes(data)
+    t0 = time.perf_counter()
+    with pytest.raises(MidiError, match="absurd length: 2796203 beats"):
+        read_song(path, RollSpec())
+    assert time.perf_counter() - t0 < 5  # it failed before anything per beat was allocated
+
+
+def test_a_fifo_named_like_midi_is_skipped_not_read_forever(tmp_path):
+    import os
+
+    from conftest import NOTTINGHAM
+
+    from apollogan.data import WindowOptions, preprocess
+    from apollogan.spec import RollSpec
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "x.mid")
+    shutil.copy(sorted(NOTTINGHAM.glob("*.mid"))[0], folder / "good.mid")
+    from apollogan.cli import find_midi_files
+
+    m = preprocess(find_midi_files([folder]), tmp_path / "out", RollSpec(), WindowOptions(val_fraction=0),
+                   progress=False, log=lambda *a: None)
+    assert m["counts"]["converted"] == 1 and m["counts"]["skipped"] == {"not a regular file (a FIFO, socket or device)": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "100000000"], "--steps must be in 1..16384"),
+    (["--steps-per-beat", "100000"], "--steps-per-beat in 1..96"),
+    (["--seed", "-1", "--transpose", "1"], "--seed, --transpose, --transpose-range and --min-cells must be 0 or more"),
+])
+def test_absurd_preprocess_sizes_and_seeds_are_refused_before_any_work(tmp_path, args, message):
+    from apollogan.preprocess import main as preprocess_main
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        preprocess_main(["--out", str(tmp_path / "out"), *args])
+    assert not (tmp_path / "out").exists()
