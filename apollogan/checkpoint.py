@@ -14,6 +14,8 @@ too, allowing numpy arrays alone, and converted.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import re
@@ -33,10 +35,60 @@ FORMAT = "apollogan-checkpoint"
 VERSION = 2
 
 
+def digest(state) -> str:
+    """sha256 over every value of a checkpoint (tensors by dtype, shape and bytes; the rest by repr), in a fixed
+    order: flipped bytes in a weight or an optimiser moment change it."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+    walk(state)
+    return h.hexdigest()
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system (or OS) lets a folder be opened and synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _write(state: dict, path: Path) -> None:
+    """Atomically: a temporary file, synced to disk, renamed over ``path``, and the folder synced, so that a
+    crash of the machine leaves the old checkpoint or the new one. A full disk is one line naming the path,
+    and leaves no temporary file."""
     tmp = path.parent / f".{path.name}.tmp"
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
+    body = {"format": FORMAT, "version": VERSION, **state}
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({**body, "digest": digest(body)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: could not write the checkpoint ({reason})") from None
+    _fsync_folder(path.parent)
 
 
 def _link(src: Path, name: str) -> None:
@@ -217,6 +269,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"{path}: not an apollogan checkpoint (its spec: {e})") from None
     for key, typ in (("step", int), ("batches", int), ("run_name", str), ("rng", list)):
         _check(isinstance(ckpt.get(key), typ), path, f"no {key}")
+    stored = ckpt.get("digest")  # checkpoints written before digests existed have none
+    if stored is not None and stored != digest({k: v for k, v in ckpt.items() if k != "digest"}):
+        raise UserError(f"{path}: checksum mismatch (the file changed or is corrupt since it was written)")
+    for part in ("modules", "ema"):
+        for name, sd in ckpt[part].items():
+            bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise UserError(f"{path}: non-finite weights (NaN or inf) in {part}.{name}.{bad}; use an earlier "
+                                f"checkpoint")
     return ckpt
 
 
@@ -239,7 +300,7 @@ def resolve_checkpoint(arg: str, checkpoints_dir: str = "checkpoints", best: boo
             try:
                 ckpt = load_checkpoint(c)
             except UserError as e:
-                print(f"warning: {e}; trying the next checkpoint")
+                print(f"warning: {e}; trying the next checkpoint", file=sys.stderr)
                 continue
             if c.name == "best.pt":
                 print(f"{c}: step {ckpt['step']}, the step training chose (give {folder / 'last.pt'} for the "

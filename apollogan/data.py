@@ -306,9 +306,11 @@ def preprocess(files: list, out: Path, spec: RollSpec, opt: WindowOptions, worke
         else:  # nothing converted: no set, so no file of this run stays behind
             for w in parts:
                 w.discard()
-    except BaseException:  # interrupted: the same
+    except BaseException as e:  # interrupted, or the disk full: the same, and no temporary file stays
         for w in parts:
             w.discard()
+        if isinstance(e, OSError) and e.filename is None:  # a write's error names no file: say which set
+            raise UserError(f"{out}: could not write the shard set ({e.strerror or e}); nothing was changed") from None
         raise
     finally:
         bar.close()

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         num, den = meter_arg(a.meter or cfg.run.meter)
         opts = sampling_options(family, a)
         root = a.data or Path(cfg.data.root)
-        val = ShardSet(root, "val", spec=spec, verify=False)  # refuse data of another spec before the work
+        val = ShardSet(root, "val", spec=spec)  # refuse data of another spec, or corrupt, before the work
         if len(val) and not family.wants_real(**opts):  # and a meter the compared split does not have
             same_meter(val if a.split == "val" else ShardSet(root, a.split, spec=spec, verify=False), (num, den))
         if a.against and not family.conditional:

@@ -187,7 +187,7 @@ def feature_network(family, root: Path, train_shards: ShardSet, cfg: Config, log
 def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarray, cfg: Config, log) -> Sampling:
     """The real windows that sampling and validation need, chosen once: validation windows when
     the data has them (training windows otherwise, for a primer only)."""
-    val = ShardSet(root, "val", verify=False)
+    val = ShardSet(root, "val")  # verified now: a corrupt split must not stop the run at its first scored step
     has_val = len(val) > 0
     if not has_val:
         log(f"{root} has no validation windows: the metrics against real data are skipped")

@@ -48,15 +48,17 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
     shards = ShardSet(root, split)
     if len(shards) == 0:
         raise UserError(f"{root}: the {split} split has no windows to compare with")
-    cache = Path(root) / f"reference-{split}.npz"
     key = _shards_key(shards)
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                if str(z["_key"]) == key:
-                    return {k: z[k] for k in z.files if k != "_key"}
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or old cache: recompute
+    # beside the manifest; where the set's folder cannot be written (read-only data), in the user's cache
+    caches = [Path(root) / f"reference-{split}.npz", user_cache() / f"reference-{key[:24]}.npz"]
+    for cache in caches:
+        if cache.is_file():
+            try:
+                with np.load(cache) as z:
+                    if str(z["_key"]) == key:
+                        return {k: z[k] for k in z.files if k != "_key"}
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or old cache: recompute
     spec, bars = shards.spec, window_bars(shards)
     names = metric_names(spec)
     out = {k: np.empty(len(shards)) for k in names + [f"structure/{k}" for k in STRUCTURE]}
@@ -71,8 +73,18 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
             out[k][idx] = part[k]
     buf = io.BytesIO()
     np.savez(buf, _key=np.array(key), **out)
-    atomic_write_bytes(cache, buf.getvalue())
+    for cache in caches:
+        try:
+            atomic_write_bytes(cache, buf.getvalue())
+            break
+        except OSError:  # no cache where it cannot be written: the figures stand, computed again next time
+            continue
     return out
+
+
+def user_cache() -> Path:
+    """Where caches of read-only shard sets go: $XDG_CACHE_HOME/apollogan (~/.cache/apollogan)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "apollogan"
 
 
 # --- comparison ----------------------------------------------------------------------------

@@ -169,8 +169,51 @@ def read_lines(root, entry: dict) -> list[dict]:
     return rows
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest: an edit to the spec (or anything else)
+    that keeps the shards' sizes is caught as surely as a changed shard."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(root: Path, manifest: dict) -> None:
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
     atomic_write_bytes(Path(root) / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _check_manifest(m: dict, path: Path) -> None:
+    """The manifest's structure, in one line where it is wrong: the keys and types every reader relies on,
+    and file names that stay inside the set's folder."""
+    def bad(what):
+        raise UserError(f"{path}: {what}; preprocess again")
+
+    if m.get("digest") is not None and m["digest"] != manifest_digest(m):
+        bad("edited since it was written (its digest does not match)")
+    for key, typ in (("spec", dict), ("shards", dict), ("records", dict), ("counts", dict)):
+        if not isinstance(m.get(key), typ):
+            bad(f"{key!r} is {'missing' if key not in m else 'not a ' + typ.__name__}")
+    try:
+        RollSpec.from_dict(m["spec"])
+    except (TypeError, ValueError) as e:
+        bad(f"its spec is not valid ({e})")
+
+    def plain(name, where):
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            bad(f"{where}: {name!r} is not a file name inside the set's folder")
+    for split, shards in m["shards"].items():
+        if not isinstance(shards, list):
+            bad(f"shards.{split} is not a list")
+        for i, sh in enumerate(shards):
+            if not isinstance(sh, dict) or not isinstance(sh.get("windows"), int) or not isinstance(sh.get("sha256"), str):
+                bad(f"shards.{split}[{i}] needs file, windows and sha256")
+            plain(sh.get("file"), f"shards.{split}[{i}]")
+        rec = m["records"].get(split)
+        if not isinstance(rec, dict) or not isinstance(rec.get("windows"), int) or not isinstance(rec.get("sha256"), str):
+            bad(f"records.{split} needs file, windows and sha256")
+        plain(rec.get("file"), f"records.{split}")
+    for key in ("sources", "skipped"):
+        if isinstance(m.get(key), dict):
+            plain(m[key].get("file"), key)
 
 
 def listed_files(manifest: dict) -> set[str]:
@@ -192,11 +235,14 @@ def read_manifest(root) -> dict:
         m = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable manifest: {e}") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{path}: not a shard set's manifest (a JSON {type(m).__name__}, not a mapping)")
     if m.get("format") != FORMAT or m.get("version") != VERSION:
         older = " (an older apollogan's; run `python -m apollogan.preprocess` again)" \
             if m.get("format") == FORMAT and isinstance(m.get("version"), int) and m["version"] < VERSION else ""
         raise UserError(f"{path}: format {m.get('format')!r} version {m.get('version')!r}, "
                         f"expected {FORMAT!r} version {VERSION}{older}")
+    _check_manifest(m, path)
     return m
 
 

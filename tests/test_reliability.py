@@ -223,3 +223,119 @@ def test_absurd_preprocess_sizes_and_seeds_are_refused_before_any_work(tmp_path,
     with pytest.raises(UserError, match=re.escape(message)):
         preprocess_main(["--out", str(tmp_path / "out"), *args])
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_carry_a_digest_and_flipped_values_or_nan_weights_are_refused(tmp_path, chunks):
+    from apollogan.checkpoint import digest
+
+    out = train(tiny(tmp_path, chunks), **QUIET)
+    path = Path(out["checkpoint"])
+    ck = torch.load(path, weights_only=True)
+    assert ck["digest"] == digest({k: v for k, v in ck.items() if k != "digest"})
+    moment = next(iter(ck["optimizers"]["D"]["state"].values()))["exp_avg"]
+    moment.view(-1)[:17] += 1.0  # 17 optimiser values changed, the digest not
+    torch.save(ck, tmp_path / "flipped.pt")
+    with pytest.raises(UserError, match="flipped.pt: checksum mismatch"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    ck = torch.load(path, weights_only=True)
+    name = next(iter(ck["ema"]["G"]))
+    ck["ema"]["G"][name].view(-1)[0] = float("nan")
+    ck["digest"] = digest({k: v for k, v in ck.items() if k != "digest"})  # a consistent file with NaN weights
+    torch.save(ck, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=f"nan.pt: non-finite weights \\(NaN or inf\\) in ema.G.{name}"):
+        load_checkpoint(tmp_path / "nan.pt")
+
+
+def test_a_bad_best_pt_is_passed_over_with_a_warning_on_stderr(tmp_path, chunks, capsys):
+    from apollogan.checkpoint import resolve_checkpoint
+
+    out = train(tiny(tmp_path, chunks), **QUIET)
+    run = Path(out["checkpoint"]).parent
+    (run / "best.pt").write_bytes(b"crafted")
+    capsys.readouterr()
+    path, _ = resolve_checkpoint(str(run), best=True)
+    got = capsys.readouterr()
+    assert path == run / "last.pt" and "warning:" in got.err and "warning" not in got.out
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path, chunks, monkeypatch):
+    import errno
+
+    real = torch.save
+    calls = {"n": 0}
+
+    def full(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (step 6)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"step-0000006.pt: could not write the checkpoint \(No space left on device\)"):
+        train(tiny(tmp_path, chunks), **QUIET)
+    run = tmp_path / "checkpoints" / "a-001"
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert load_checkpoint(run / "last.pt")["step"] == 3  # the last whole one stands
+
+
+def test_a_full_disk_in_preprocess_is_one_line_naming_the_set_and_leaves_it_as_it_was(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from conftest import NOTTINGHAM
+
+    from apollogan import shards
+    from apollogan.cli import find_midi_files
+
+    files = find_midi_files([NOTTINGHAM])
+    out = tmp_path / "out"
+    build(files[:6], out)
+    before = digests(out)
+    real = shards.ShardWriter.add
+
+    def full(self, packed, records):
+        if self.windows > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, packed, records)
+    monkeypatch.setattr(shards.ShardWriter, "add", full)
+    with pytest.raises(UserError, match=f"{out}: could not write the shard set \\(No space left on device\\)"):
+        build(files[:12], out)
+    assert digests(out) == before and not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_a_corrupt_validation_shard_is_refused_before_the_first_step(tmp_path, chunks):
+    data = tmp_path / "data"
+    shutil.copytree(chunks, data)
+    shard = data / "val-00000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    steps = []
+    with pytest.raises(UserError, match="val-00000.bin: checksum mismatch"):
+        train(tiny(tmp_path, data, "run.metrics_every=3"), log=steps.append, progress=False)
+    assert not (tmp_path / "checkpoints" / "a-001" / "last.pt").exists() and not any("step" in s for s in steps)
+    from apollogan.sampling import real_windows
+    from apollogan.spec import RollSpec
+
+    with pytest.raises(UserError, match="checksum mismatch"):  # generate --prime reads its primers verified too
+        real_windows(data, RollSpec(), 4, 0, "--prime 16")
+
+
+def test_a_read_only_shard_set_keeps_its_caches_in_the_user_cache(tmp_path, chunks, monkeypatch):
+    from apollogan import scoring
+
+    data = tmp_path / "data"
+    shutil.copytree(chunks, data)
+    for p in data.glob("reference-*.npz"):
+        p.unlink()
+    real = scoring.atomic_write_bytes
+
+    def read_only(path, *a, **k):  # the set's folder cannot be written (a root user ignores chmod, so say it here)
+        if Path(path).parent == data:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(scoring, "atomic_write_bytes", read_only)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = train(tiny(tmp_path, data, "run.metrics_every=3", "run.metrics_samples=8"), **QUIET)
+    assert load_checkpoint(out["checkpoint"])["step"] == 6 and "Metrics/overall" in out
+    assert list((tmp_path / "cache" / "apollogan").glob("reference-*.npz"))
+    assert not list(data.glob("reference-*.npz"))

@@ -1,5 +1,6 @@
 """Shard writing and reading, the manifest, determinism, splits, augmentation and the loader."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -266,3 +267,39 @@ def test_two_runs_starting_at_once_preprocess_the_bundled_data_once(tmp_path):
     files = {sh["file"] for s in ("train", "val") for sh in manifest["shards"][s]}
     assert files and files == {p.name for p in root.glob("*.bin")}  # every shard named is there, no other
     assert len(ShardSet(root, "train")) > 3000 and len(ShardSet(root, "val")) > 300
+
+
+def _edit(root, change, keep_digest=True):
+    m = json.loads((root / "manifest.json").read_text())
+    change(m)
+    if not keep_digest:
+        m.pop("digest", None)  # as a set written before manifests carried one
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_spec_edit_that_keeps_the_packed_size_is_caught_by_the_manifest_digest(midi_dir, tmp_path):
+    root = tmp_path / "c"
+    build(midi_dir, root, hop=64)
+    _edit(root, lambda m: m["spec"].update(steps_per_beat=8, low=40))
+    with pytest.raises(UserError, match="manifest.json: edited since it was written"):
+        ShardSet(root)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("shards"), "'shards' is missing"),
+    (lambda m: m.update(records=[1, 2]), "'records' is not a dict"),
+    (lambda m: m["spec"].update(pitches="many"), "its spec is not valid"),
+    (lambda m: m["spec"].update(colour="blue"), "its spec is not valid (unknown spec keys: ['colour'])"),
+    (lambda m: m["shards"].update(train={"file": "x"}), "shards.train is not a list"),
+    (lambda m: m["shards"]["train"][0].update(file="../../elsewhere.bin"), "is not a file name inside the set's folder"),
+    (lambda m: m["records"]["val"].update(file="/etc/passwd"), "records.val: '/etc/passwd' is not a file name"),
+])
+def test_hand_edited_manifests_are_refused_in_one_line(midi_dir, tmp_path, change, message):
+    root = tmp_path / "c"
+    build(midi_dir, root, hop=64)
+    _edit(root, change, keep_digest=False)  # no digest to catch it: the structure check must
+    with pytest.raises(UserError, match=re.escape(message)):
+        ShardSet(root)
+    (root / "manifest.json").write_text("[1, 2, 3]")
+    with pytest.raises(UserError, match="not a shard set's manifest"):
+        ShardSet(root)

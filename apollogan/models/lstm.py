@@ -165,10 +165,11 @@ class TokenHead(nn.Module):
             self.size.fill_(len(rows))
 
     def _log_tokens(self, h):
-        z = self.tokens(h).float()
-        unused = torch.arange(z.shape[-1], device=z.device)
-        unused = (unused >= self.size) & (unused < z.shape[-1] - 1)
-        return F.log_softmax(z.masked_fill(unused, -math.inf), -1)
+        """Log-probabilities [..., size + 1] of the slots in use and, last, the escape: only their rows of the
+        output layer are computed (a vocabulary of 4096 slots may hold a thousand frames)."""
+        size = int(self.size)
+        rows = torch.cat([torch.arange(size, device=h.device), torch.tensor([len(self.vocab)], device=h.device)])
+        return F.log_softmax(F.linear(h, self.tokens.weight[rows], self.tokens.bias[rows]).float(), -1)
 
     def lookup(self, frames):
         """Each frame's token, or -1 outside the vocabulary, [...]: the batch's distinct frames looked up by
@@ -193,7 +194,7 @@ class TokenHead(nn.Module):
     def predict(self, h):
         """The most probable token's frame; after the escape, the cells with p >= 0.5."""
         tok = self._log_tokens(h).argmax(-1)
-        escaped = tok == self.tokens.out_features - 1
+        escaped = tok == int(self.size)
         frame = self.vocab[tok.clamp(max=len(self.vocab) - 1)].bool()
         return torch.where(escaped[..., None], self.cells(h) >= 0, frame)
 
@@ -204,7 +205,7 @@ class TokenHead(nn.Module):
         else:
             probs = top_p_filter(torch.softmax(lt / temperature, -1), top_p)
             tok = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(h.device)
-        escaped = tok == self.tokens.out_features - 1
+        escaped = tok == int(self.size)
         frame = self.vocab[tok.clamp(max=len(self.vocab) - 1)].float()
         cells = torch.sigmoid(self.cells(h).float() / max(temperature, 1e-6))
         drawn = (cells >= 0.5).float() if temperature == 0 else _draw(cells, generator)
