@@ -40,6 +40,7 @@ class Sampling:
     metrics_real: torch.Tensor | None = None  # ... and of the scored samples, with their bars
     metrics_bars: np.ndarray | None = None
     features: object = None  # the feature network (FeatureNet), loaded once: Metrics/kd and Metrics/fd (None: not logged)
+    val_tunes: list | None = None  # a benchmark set's whole validation tunes: a likelihood family's Val/tune_* figures
 
 
 def look_of(look: dict, n: int) -> dict:
@@ -110,11 +111,16 @@ class Monitor:
                                    self.cfg, self.device))
         if self.sampling.val_windows is not None:  # the family's own held-out figures (NLL, reconstruction)
             val = self.family.validate(self.sampling.val_windows, nets=self.nets, device=self.device)
+            if self.sampling.val_tunes:  # the benchmark's way: whole tunes, frames 1..T-1, no padding
+                from .benchmark import tune_likelihood
+                tunes = tune_likelihood(self.family, self.sampling.val_tunes, nets=self.nets, device=self.device)
+                val.update({"Val/tune_nll_per_frame": tunes["nll_per_frame"],
+                            "Val/tune_frame_accuracy": tunes["frame_accuracy"]})
             for k, v in val.items():
                 self.writer.add_scalar(k, v, step)
             out.update(val)
-        if r.best_metric == "nll":  # early stopping on the validation windows' likelihood
-            candidates = [(False, out.get("Val/nll_per_frame", float("nan")), "ema")]
+        if r.best_metric == "nll":  # early stopping on the validation split's likelihood: its whole tunes where kept
+            candidates = [(False, out.get("Val/tune_nll_per_frame", out.get("Val/nll_per_frame", float("nan"))), "ema")]
         else:
             figure = ("train/" if self.sampling.best_on == "train" else "") + r.best_metric
             # (alike, figure, weights) of the moving average and, with run.best_raw, the raw weights; alike
@@ -151,7 +157,9 @@ class Monitor:
             note = (f"; the samples of every scored step were more alike than {r.best_pair_iou:g}x real windows"
                     if b.get("alike") else "")
             raw = " (the raw weights, not their moving average)" if b.get("weights") == "raw" else ""
-            by = (f"validation NLL per frame {b['overall']:.4f} ({len(self.sampling.val_windows)} windows)"
+            on = (f"{len(self.sampling.val_tunes)} whole tunes" if self.sampling.val_tunes
+                  else f"{len(self.sampling.val_windows)} windows")
+            by = (f"validation NLL per frame {b['overall']:.4f} ({on})"
                   if b.get("metric") == "nll" else
                   f"training-time {b.get('metric', 'overall')} figure {b['overall']:.3f} ({r.metrics_samples} samples "
                   f"against the {SPLIT_WORDS[b.get('on', 'val')]} windows)")
@@ -217,6 +225,9 @@ def sampling_inputs(family, root: Path, train_shards: ShardSet, usable: np.ndarr
                    real_stats=roll_stats(real_ref, train_shards.spec),
                    val_windows=torch.from_numpy(val.pick(min(len(val), r.val_windows), seed)) if len(val) else None,
                    features=out_features)
+    if getattr(family, "likelihood", False) and (train_shards.manifest.get("tunes") or {}).get("val"):
+        from .benchmark import read_tunes
+        out.val_tunes = read_tunes(root, "val")
     if family.wants_real(**family.sample_options):  # the LSTM's primers, the conditional GAN's chords
         source = val if has_val else train_shards
         grid = source.pick_indices(r.num_samples, seed + 12345)

@@ -238,6 +238,7 @@ def test_joint_outputs_train_resume_bit_exactly_and_score_the_benchmark(tmp_path
         for k, v in a[part]["model"].items():
             assert torch.equal(v, b[part]["model"][k]), (part, k)
     assert 0 < straight["Val/nll_per_frame"] < 64 * math.log(2)
+    assert 0 < straight["Val/tune_nll_per_frame"] < 64 * math.log(2)  # whole validation tunes: best.pt's figure
     if output == "tokens":  # the vocabulary came from the training windows, and travels in the checkpoint
         fam, _, _ = family_from_checkpoint(a)
         assert int(fam.modules["model"].out.size) == 8 * 3  # 8 melody notes over 3 triads, nothing else
