@@ -350,13 +350,13 @@ class LocalStop:
     two steps and saves) and starts no other. A second Ctrl-C is passed on too: the runs stop at once."""
 
     def __init__(self):
-        self.signal, self.procs, self.lock = None, set(), threading.Lock()
+        self.signal, self.procs, self.lock = None, set(), threading.RLock()  # re-entrant: a handler may interrupt a holder
 
     def handler(self, signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):  # the terminal went away: the runs save and stop, as for SIGTERM
+            signum = signal.SIGTERM
         self.signal = signum
-        with self.lock:
-            procs = list(self.procs)
-        for p in procs:
+        for p in list(self.procs):  # a copy without the lock: the main thread may hold it when the signal comes
             with contextlib.suppress(OSError):
                 os.killpg(p.pid, signum)
 
@@ -572,7 +572,8 @@ def run_local(jobs: list[Job], parallel: int) -> tuple[list[dict], int | None]:
     results, stop = [], LocalStop()
     bar = tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
     main_thread = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    caught = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.signal(s, stop.handler) for s in caught} if main_thread else {}
     try:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = {pool.submit(run_job, j, stop): j for j in jobs}

@@ -136,14 +136,18 @@ def read_benchmark(path) -> dict[str, list[np.ndarray]]:
 def to_window(tune: np.ndarray, spec: RollSpec, where: str) -> np.ndarray:
     """A tune [T, 88] -> the spec's pitch rows [T, P]; a note outside the window is refused (dropping it
     would change the benchmark)."""
-    lo, hi = spec.low - LOWEST, spec.high - LOWEST
+    lo, hi = spec.low - LOWEST, spec.high - LOWEST  # the window's rows as key columns (may pass the 88 keys)
+    a, b = max(lo, 0), min(hi, KEYS - 1)
     outside = tune.copy()
-    outside[:, max(lo, 0):hi + 1] = False
+    outside[:, a:b + 1] = False
     if outside.any():
         t, k = np.argwhere(outside)[0]
         raise UserError(f"{where}: note {k + LOWEST} at frame {t} is outside the pitch window "
                         f"{spec.low}..{spec.high}; choose --low and --pitches to hold every note")
-    return tune[:, lo:hi + 1]
+    rows = np.zeros((len(tune), spec.pitches), bool)
+    if a <= b:
+        rows[:, a - lo:b - lo + 1] = tune[:, a:b + 1]
+    return rows
 
 
 def window_starts(frames: int, steps: int, hop: int) -> list[int]:
@@ -179,7 +183,7 @@ def benchmark_shards(path, out: Path, spec: RollSpec, hop: int = 128, min_cells:
         writers = {s: ShardWriter(out, s, spec, shard_windows, tag) for s in BENCH_SPLITS}
         sources = JsonLines(out, tag + "sources.jsonl")
         parts = list(writers.values()) + [sources]
-        dropped = 0
+        dropped = total_notes = 0
         for split, tunes_rows in rows.items():
             for i, r in enumerate(tunes_rows):
                 starts = window_starts(len(r), spec.steps, hop)
@@ -194,27 +198,31 @@ def benchmark_shards(path, out: Path, spec: RollSpec, hop: int = 128, min_cells:
                 # the file carries no meter: windows are recorded in 4/4, so bar metrics see 8 frames as a bar
                 rec["source"], rec["offset"], rec["ts_num"], rec["ts_den"] = sources.count, starts, 4, 4
                 writers[split].add(np.packbits(win.reshape(len(win), -1), axis=1), rec)
+                notes = _onsets(r)
+                total_notes += notes
                 sources.add({"path": f"{Path(path).name}:{BENCH_SPLITS[split]}/{i}", "split": split,
-                             "windows": int(len(win)), "steps": int(len(r)), "notes": _onsets(r)})
+                             "windows": int(len(win)), "steps": int(len(r)), "notes": notes})
             tune_files[split] = _write_tunes(out, f"{split}-{tag}tunes.npz", tunes_rows)
         records = {s: w.close() for s, w in writers.items()}
         src = sources.close()
-    except BaseException:
+    except BaseException as e:
         for w in parts:
             w.discard()
-        for e in tune_files.values():
-            (out / e["file"]).unlink(missing_ok=True)
+        for entry in tune_files.values():
+            (out / entry["file"]).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a write's error names no file: say which set
+            raise UserError(f"{out}: could not write the shard set ({e.strerror or e}); nothing was changed") from None
         raise
     manifest = {
         "format": FORMAT, "version": VERSION, "apollogan": __version__, "generation": generation,
         "spec": spec.to_dict(), "channels": spec.channel_names, "packing": "packbits",
         "options": {"hop": hop, "min_cells": min_cells, "transpose": 0, "time_shifts": [], "key_normalize": False},
         "benchmark": {"file": Path(path).name, "sha256": _sha256(Path(path)), "meter": "none in the file; windows "
-                      "recorded in 4/4", "splits": {s: BENCH_SPLITS[s] for s in BENCH_SPLITS}},
+                      "recorded in 4/4", "splits": dict(BENCH_SPLITS)},
         "counts": {"files": sum(len(v) for v in rows.values()), "converted": src["lines"], "skipped": {},
                    "windows": {s: w.windows for s, w in writers.items()},
                    "sources_per_split": {s: len(v) for s, v in rows.items()}},
-        "stats": {"notes": sum(_onsets(r) for v in rows.values() for r in v), "windows_dropped_sparse": dropped},
+        "stats": {"notes": total_notes, "windows_dropped_sparse": dropped},
         "shards": {s: w.shards for s, w in writers.items()}, "records": records, "sources": src,
         "skipped": None, "tunes": tune_files,
     }
@@ -231,13 +239,17 @@ def _onsets(frames: np.ndarray) -> int:
 
 def _write_tunes(root: Path, name: str, tunes: list[np.ndarray]) -> dict:
     lengths = np.array([len(t) for t in tunes], np.int64)
-    frames = np.concatenate(tunes) if tunes else np.zeros((0, 0), bool)
+    frames = np.concatenate(tunes)  # read_benchmark refuses an empty split
     f, tmp = _temporary(root, name)
-    with f:
-        np.savez(f, frames=np.packbits(frames, axis=1), lengths=lengths, pitches=np.int64(frames.shape[1]))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / name)
+    try:
+        with f:
+            np.savez(f, frames=np.packbits(frames, axis=1), lengths=lengths, pitches=np.int64(frames.shape[1]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return {"file": name, "tunes": int(len(lengths)), "frames": int(lengths.sum()), "sha256": _sha256(root / name)}
 
 

@@ -77,15 +77,17 @@ def _write(state: dict, path: Path) -> None:
     crash of the machine leaves the old checkpoint or the new one. A full disk is one line naming the path,
     and leaves no temporary file."""
     tmp = path.parent / f".{path.name}.tmp"
-    body = {"format": FORMAT, "version": VERSION, **state}
+    body = {"format": FORMAT, "version": VERSION, **{k: v for k, v in state.items() if k != "digest"}}  # a loaded one's
     try:
         with open(tmp, "wb") as f:
             torch.save({**body, "digest": digest(body)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # a kill before this line leaves only a .tmp file, never a torn checkpoint
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+    except BaseException as e:  # a full disk (torch reports a failed write as a RuntimeError), or an interrupt
         tmp.unlink(missing_ok=True)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: could not write the checkpoint ({reason})") from None
     _fsync_folder(path.parent)

@@ -50,7 +50,7 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
         raise UserError(f"{root}: the {split} split has no windows to compare with")
     key = _shards_key(shards)
     # beside the manifest; where the set's folder cannot be written (read-only data), in the user's cache
-    caches = [Path(root) / f"reference-{split}.npz", user_cache() / f"reference-{key[:24]}.npz"]
+    caches = [Path(root) / f"reference-{split}.npz"] + [p / f"reference-{key[:24]}.npz" for p in user_cache()]
     for cache in caches:
         if cache.is_file():
             try:
@@ -82,9 +82,13 @@ def reference_metrics(root, split: str = "val", progress: bool = True) -> dict[s
     return out
 
 
-def user_cache() -> Path:
-    """Where caches of read-only shard sets go: $XDG_CACHE_HOME/apollogan (~/.cache/apollogan)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "apollogan"
+def user_cache() -> list[Path]:
+    """Where caches of read-only shard sets go: [$XDG_CACHE_HOME/apollogan (~/.cache/apollogan)], or [] where
+    there is no such place (no home folder)."""
+    try:
+        return [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "apollogan"]
+    except RuntimeError:
+        return []
 
 
 # --- comparison ----------------------------------------------------------------------------

@@ -214,6 +214,14 @@ def _check_manifest(m: dict, path: Path) -> None:
     for key in ("sources", "skipped"):
         if isinstance(m.get(key), dict):
             plain(m[key].get("file"), key)
+    tunes = m.get("tunes")
+    if tunes is not None:  # a benchmark set's whole tunes
+        if not isinstance(tunes, dict):
+            bad("'tunes' is not a dict")
+        for split, e in tunes.items():
+            if not isinstance(e, dict) or not isinstance(e.get("tunes"), int) or not isinstance(e.get("sha256"), str):
+                bad(f"tunes.{split} needs file, tunes, frames and sha256")
+            plain(e.get("file"), f"tunes.{split}")
 
 
 def listed_files(manifest: dict) -> set[str]:

@@ -343,10 +343,15 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
                 "config": cfg.to_dict(), "spec": spec.to_dict(), "run_name": run_name, "apollogan": __version__,
                 "clock": clock.state(), "best": monitor.best if monitor else None}
 
+    saved = {"step": None}
+
     def save(gather_rngs: bool = True):
+        if saved["step"] == step:  # a stop right after the step's own checkpoint: it is on disk already
+            return
         s = state(gather_rngs)  # every rank joins the RNG gather
         if env.main:
             save_checkpoint(s, ckpt_dir, step, cfg.run.keep)
+        saved["step"] = step
 
     def check_finite():  # every rank stops at the first bad step of any rank
         bad = first_bad_step(first_bad, env)
@@ -355,7 +360,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
 
     # Ctrl-C and SIGTERM stop the run between two steps, so that the checkpoint saved holds whole steps and
     # resumes exactly (one process; several are stopped the old way, issue of many processes)
-    flag = hold.enter_context(stop_flag(env.world == 1))
+    signals = contextlib.ExitStack()  # closed right after the loop: a signal later (scoring, closing) acts as usual
+    flag = signals.enter_context(stop_flag(env.world == 1))
     first_bad, interval, final, between = torch.tensor(-1, device=device), Interval(step), {}, False
     bar = tqdm(total=t.steps, initial=step, desc=run_name, unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -412,6 +418,8 @@ def _train(cfg: Config, resume, env: Dist, log, progress, hold: contextlib.ExitS
     except NonFiniteLoss as e:
         bar.close()
         raise UserError(str(e)) from None
+    finally:
+        signals.close()
     bar.close()
     timing = {"steps": step, "stopped_by": "steps" if step >= t.steps else "time_limit",
               "elapsed_s": round(clock.elapsed(), 3),

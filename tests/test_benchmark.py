@@ -261,3 +261,22 @@ def test_best_metric_nll_needs_a_likelihood_family():
     with pytest.raises(UserError, match="--likelihood: scores a checkpoint"):
         from apollogan.evaluate import main as evaluate
         evaluate(["--midi", "x", "--likelihood", "test"])
+
+
+def test_a_pitch_window_wider_than_the_keys_keeps_every_note_in_its_row():
+    from apollogan.benchmark import to_window
+
+    frames = np.zeros((3, 88), bool)
+    frames[0, 0] = frames[1, 87] = frames[2, 39] = True  # MIDI 21, 108 and 60
+    rows = to_window(frames, RollSpec(low=10, pitches=100), "t")  # rows are MIDI 10..109
+    assert rows.shape == (3, 100)
+    assert [r.nonzero()[0].tolist() for r in rows] == [[21 - 10], [108 - 10], [60 - 10]]
+
+
+def test_a_best_pt_rewritten_from_a_loaded_checkpoint_passes_its_checksum(tmp_path, bench_chunks):
+    from apollogan.checkpoint import save_best
+
+    out = train(tiny(tmp_path, bench_chunks, "lstm", "run.best_metric=nll"), **QUIET)
+    loaded = load_checkpoint(out["checkpoint"])  # it holds its digest: a rewrite must not hash it in
+    save_best(loaded, tmp_path / "again")
+    assert load_checkpoint(tmp_path / "again" / "best.pt")["step"] == loaded["step"]

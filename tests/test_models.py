@@ -298,8 +298,8 @@ def test_mode_seeking_ratio_pairs_the_halves_and_pushes_samples_apart():
     odd = mode_seeking_ratio(torch.tensor([[0.], [0], [1], [1], [9]]), torch.tensor([[0.], [0], [2], [2], [0]]))
     assert odd.item() == 0.5  # pairs (0, 2) and (1, 3); the fifth sample is left out
     for bad, msg in (("train.mode_seeking=-1", "train.mode_seeking: must be a finite number >= 0"),
-                     ("train.mode_seeking=nan", "train.mode_seeking: must be a finite"),
-                     ("train.mode_seeking=inf", "train.mode_seeking: must be a finite")):
+                     ("train.mode_seeking=nan", "train.mode_seeking: expected a finite number"),
+                     ("train.mode_seeking=inf", "train.mode_seeking: expected a finite number")):
         with pytest.raises(UserError, match=msg):
             load_config(None, [bad])
     with pytest.raises(UserError, match="train.mode_seeking: compares pairs"):

@@ -274,16 +274,16 @@ class LSTMComposer:
                  f", token output ({int(head.size)} frames and an escape)" if m.output == "tokens" else "")
         return f"LSTM {count_params(self.modules['model']) / 1e6:.2f}M parameters{extra}"
 
-    def nll(self, model, x: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced recurrent states [B, T, H] and the mean NLL per frame, nats (summed over cells)."""
+    def nll(self, model, x: torch.Tensor, autocast) -> torch.Tensor:
+        """The teacher-forced mean NLL per frame of rolls ``x``, nats (summed over a frame's cells)."""
         frames = to_frames(x)
         with autocast():
             h, _ = model(shifted(frames))
             nll = _model_of(model).out.nll(h, frames)
-        return h, nll.float().mean()
+        return nll.float().mean()
 
     def train_step(self, ctx: StepContext) -> dict:
-        _, loss = self.nll(ctx.nets["model"], ctx.real_batch(), ctx.autocast)
+        loss = self.nll(ctx.nets["model"], ctx.real_batch(), ctx.autocast)
         out = likelihood_update(ctx, loss, "model", self.cfg.train.grad_clip)
         out["Loss/nll_per_frame"] = loss.detach()
         return out
