@@ -214,6 +214,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Shut the pool down without waiting for work nobody will read (an interrupt or an error), killing its
     workers: a finished run has none busy, an interrupted one must not wait for them."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:  # its feeder thread may be blocked on a pipe no worker will read: never wait for it
+        queue.cancel_join_thread()
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         with contextlib.suppress(OSError, ValueError):

@@ -18,6 +18,7 @@ are described in docs/formats.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -123,8 +124,16 @@ def main(argv=None) -> int:
         raise UserError(f"no MIDI (.mid, .midi, .kar) or .npz files in {', '.join(map(str, a.inputs))}")
     workers = a.workers or default_workers(len(files))
     print(f"{len(files)} files -> {a.out}  spec {spec.describe()}", file=sys.stderr)
-    with folder_lock(a.out):
-        m = preprocess(files, a.out, spec, opt, workers=workers, shard_windows=a.shard_windows, progress=not a.quiet)
+    try:
+        with folder_lock(a.out):
+            m = preprocess(files, a.out, spec, opt, workers=workers, shard_windows=a.shard_windows,
+                           progress=not a.quiet)
+    except KeyboardInterrupt:
+        if workers > 1:  # the run's files are removed; the worker pool's threads must not hold up the exit
+            print("interrupted", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
+        raise
     print(summary(m))
     if not m["counts"]["converted"]:
         raise UserError(f"no file converted ({len(files)} skipped); nothing written to {a.out}")
