@@ -314,6 +314,8 @@ def tune_likelihood(family, tunes: list[np.ndarray], nets=None, device="cpu", ba
     there). Tunes go through in batches of similar length, padded at their end (the models are causal)."""
     import torch
 
+    from .models.lstm import frame_counts
+
     order = sorted(range(len(tunes)), key=lambda i: len(tunes[i]))
     total, frames, counts, i = 0.0, 0, torch.zeros(3, dtype=torch.float64), 0
     while i < len(order):
@@ -331,8 +333,7 @@ def tune_likelihood(family, tunes: list[np.ndarray], nets=None, device="cpu", ba
         m = mask.to(device)
         total += float(nll[m].double().sum())
         frames += int(m.sum())
-        truth, guess = x.to(device)[m] > 0.5, pred[m]
-        counts += torch.stack([(guess & truth).sum(), (guess & ~truth).sum(), (~guess & truth).sum()]).double().cpu()
+        counts += frame_counts(pred[m], x.to(device)[m], x.shape[-1]).cpu()
         i = j
     return {"nll_per_frame": total / max(frames, 1), "frame_accuracy": frame_accuracy(*counts.tolist()),
             "frames": frames, "tunes": len(tunes)}

@@ -20,7 +20,6 @@ probable cells (bernoulli) or tokens (tokens) holding the share p of the mass.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..benchmark import frame_accuracy
 from ..cli import UserError
 from ..spec import RollSpec
 from .common import StepContext, batches, count_params, from_frames, likelihood_update, to_frames
@@ -310,9 +310,8 @@ class LSTMComposer:
             nll, pred = self.frame_scores(frames, nets)
             total += float(nll.double().sum())
             counts += frame_counts(pred, frames, self.spec.pitches).cpu()
-        tp, fp, fn = counts.tolist()
         return {"Val/nll_per_frame": total / max(len(windows) * self.spec.steps, 1),
-                "Val/frame_accuracy": tp / (tp + fp + fn) if tp + fp + fn else math.nan}
+                "Val/frame_accuracy": frame_accuracy(*counts.tolist())}
 
     def wants_real(self, prime: int = 16, **_) -> bool:
         return prime > 0
